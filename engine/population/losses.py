@@ -1,0 +1,121 @@
+"""Optimal-transport losses between predicted and observed photometry (standardised space).
+
+- :func:`sliced_wasserstein`: sliced Wasserstein distance, O(P N log N): ``P`` random unit directions
+  (fresh every call, drawn from the caller's generator), projections laid out as (P, N) and sorted along
+  the last dimension.  Samples of different sizes are compared through their quantile functions
+  (linear interpolation of the sorted projections at common quantile levels), so the predicted sample
+  (whose size varies with the selection) and the observed one need not match.
+- :class:`SinkhornLoss`: geomloss ``SamplesLoss("sinkhorn", p=1, blur, scaling)``; the blur is passed per
+  call, so it can be annealed.  Without KeOps, geomloss' ``tensorized`` backend builds the N x M cost
+  matrix (memory N*M*4 bytes per matrix): fine on a GPU, slow on CPU (see ``bench/train_step.py``).
+
+Both return a scalar tensor differentiable with respect to the predicted points.
+"""
+from __future__ import annotations
+
+import torch
+
+LOSSES = ("sliced", "sinkhorn")
+
+
+def random_directions(dim: int, n_proj: int, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+    """``n_proj`` unit vectors in R^dim as a (dim, n_proj) matrix."""
+    d = torch.randn(dim, n_proj, generator=generator, device=device, dtype=dtype)
+    return d / d.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+
+def _quantiles(sorted_proj: torch.Tensor, m: int) -> torch.Tensor:
+    """Quantile function of each row of ``sorted_proj`` (P, N) at levels (i + 0.5) / m, i < m."""
+    n = sorted_proj.shape[-1]
+    if n == m:
+        return sorted_proj
+    pos = (torch.arange(m, device=sorted_proj.device, dtype=sorted_proj.dtype) + 0.5) * (n / m) - 0.5
+    pos = pos.clamp(0, n - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    w = pos - lo.to(pos.dtype)
+    return sorted_proj[:, lo] * (1 - w) + sorted_proj[:, hi] * w
+
+
+def sliced_wasserstein(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_proj: int = 200,
+    p: int = 2,
+    generator: torch.Generator | None = None,
+    directions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sliced p-Wasserstein distance between point clouds ``x`` (N, D) and ``y`` (M, D).
+
+    ``(mean over directions of W_p^p of the 1-D projections) ** (1/p)``.  Directions are fresh random
+    unit vectors drawn from ``generator`` unless given as a (D, P) matrix.
+    """
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"point clouds must be (N, D) and (M, D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] == 0 or y.shape[0] == 0:
+        raise ValueError("sliced_wasserstein needs non-empty point clouds")
+    if directions is None:
+        directions = random_directions(x.shape[1], n_proj, generator, x.device, x.dtype)
+    px = (x @ directions).T.contiguous()  # (P, N)
+    py = (y @ directions).T.contiguous()  # (P, M)
+    px = torch.sort(px, dim=-1).values
+    py = torch.sort(py, dim=-1).values
+    m = max(px.shape[-1], py.shape[-1])
+    qx = _quantiles(px, m)
+    qy = _quantiles(py, m)
+    diff = (qx - qy).abs()
+    if p == 1:
+        return diff.mean()
+    return diff.pow(p).mean().clamp_min(1e-30).pow(1.0 / p)
+
+
+def _keops_available() -> bool:
+    try:
+        import pykeops  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class SinkhornLoss:
+    """geomloss Sinkhorn divergence with a per-call blur (for annealing)."""
+
+    def __init__(self, p: int = 1, scaling: float = 0.8, backend: str | None = None):
+        from geomloss import SamplesLoss
+
+        self.p = p
+        self.scaling = scaling
+        self.backend = backend or ("auto" if _keops_available() else "tensorized")
+        self._cls = SamplesLoss
+        self._cache: dict[float, object] = {}
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, blur: float) -> torch.Tensor:
+        key = float(blur)
+        fn = self._cache.get(key)
+        if fn is None:
+            fn = self._cls("sinkhorn", p=self.p, blur=key, scaling=self.scaling, backend=self.backend)
+            self._cache = {key: fn}
+        return fn(x, y)
+
+
+class BlurSchedule:
+    """Piecewise-constant Sinkhorn blur schedule.
+
+    ``stages`` is a list of (fraction_of_training_end, blur): the reference code used 0.3, 0.2, 0.1, 0.05
+    over the first quarter of training (10 of 40 epochs) and then its final blur.
+    """
+
+    def __init__(self, stages: list[tuple[float, float]] | None = None, final: float = 0.002):
+        self.stages = list(stages) if stages is not None else [(0.0625, 0.3), (0.125, 0.2), (0.1875, 0.1), (0.25, 0.05)]
+        self.final = float(final)
+
+    def __call__(self, step: int, steps: int) -> float:
+        frac = step / max(steps, 1)
+        for end, blur in self.stages:
+            if frac < end:
+                return float(blur)
+        return self.final
+
+    def to_dict(self) -> dict:
+        return {"stages": [list(s) for s in self.stages], "final": self.final}
+

@@ -1,0 +1,567 @@
+"""Training the population flows: the trainer is an iterator of events.
+
+One training step of member k (all batched, no Python loop over galaxies):
+
+1. draw ``n_draw`` base-normal vectors from the member's generator and push them through the flow and the
+   box bijection -> ``theta`` (n_draw, D), strictly inside the parameter box;
+2. forward model -> noise-free fluxes; noise model -> additive noise realisation ``delta``; predicted
+   ``f + a * delta`` with ``a`` the anti-annealed noise amplitude (0 -> 1 over ``noise_ramp`` of training);
+3. selection cuts on the noisy prediction (a mask); with cuts the forward model first runs without
+   gradients on all ``n_draw`` samples and then *with* gradients only on the (at most ``batch``) selected
+   ones.  ``n_draw`` adapts to the acceptance rate (exponential moving average), capped at
+   ``max_draw_factor * batch``;
+4. features: asinh magnitudes (softening from the noise model), optionally adjacent colours, plus the
+   redshift when ``redshift="observed"``, standardised by the observed training rows' mean/std;
+5. loss (sliced Wasserstein or Sinkhorn) against the observed training rows; Adam; one-cycle learning rate.
+
+Validation (every ``val_every`` steps and at the last step) uses the held-out catalog rows, full noise, a
+fixed number of draws and a *fixed* random stream per member (common random numbers, so successive
+validation losses differ only through the flow), and is always the sliced Wasserstein distance with fixed
+directions (cheap, and one metric for comparing members whatever the training loss).  The best
+validation state is kept.  The noise floor is the same distance between the validation and the training
+rows of the catalog.
+
+Rows of the observed catalog without a measurement (NaN) in any fitted band are not used (counted in the
+report): the loss compares complete rows only.  Observed rows failing the selection cuts are dropped
+too (counted), so the observed and predicted samples obey the same selection.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.errors import PopsedError
+
+from .flow import FlowConfig, PopulationFlow
+from .losses import LOSSES, BlurSchedule, SinkhornLoss, random_directions, sliced_wasserstein
+from .noise import NoiseModel, asinh_mag, pogson_mag
+from .selection import Cut, check_cuts, selection_mask
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines training (stored in ``config.json``)."""
+
+    members: int = 4
+    steps: int = 1000
+    batch: int = 4096
+    loss: str = "sliced"
+    n_proj: int = 256
+    sliced_p: int = 2
+    val_proj: int = 512
+    lr: float = 2e-3
+    lr_schedule: str = "onecycle"  # onecycle | constant
+    pct_start: float = 0.1
+    grad_clip: float = 10.0
+    noise_ramp: float = 0.3  # fraction of training over which the noise amplitude goes 0 -> 1
+    noise_shape: str = "linear"  # linear | reference (1 / (1 + 30 exp(-12 t)))
+    blur_stages: list = field(default_factory=lambda: [[0.0625, 0.3], [0.125, 0.2], [0.1875, 0.1], [0.25, 0.05]])
+    blur_final: float = 0.002
+    sinkhorn_scaling: float = 0.8
+    val_fraction: float = 0.15
+    val_every: int = 10
+    val_draw_factor: float = 2.0
+    colours: bool = False
+    redshift: str = "free"  # free | observed
+    max_draw_factor: float = 8.0
+    obs_cap: int = 50000
+    converge_factor: float = 1.5
+    diverge_nonfinite: int = 25
+    population_samples: int = 10000
+    seed: int = 0
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+    def __post_init__(self):
+        if isinstance(self.flow, dict):
+            self.flow = FlowConfig.from_dict(self.flow)
+        if self.loss not in LOSSES:
+            raise PopsedError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.redshift not in ("free", "observed"):
+            raise PopsedError(f"--redshift must be 'free' or 'observed', got {self.redshift!r}")
+        if self.members < 1 or self.steps < 1 or self.batch < 2:
+            raise PopsedError("members and steps must be >= 1 and batch >= 2")
+        if self.lr_schedule not in ("onecycle", "constant"):
+            raise PopsedError(f"unknown lr schedule {self.lr_schedule!r}")
+        if self.noise_shape not in ("linear", "reference"):
+            raise PopsedError(f"unknown noise ramp shape {self.noise_shape!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["flow"] = self.flow.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def member_seeds(self) -> list[int]:
+        ss = np.random.SeedSequence(int(self.seed)).spawn(self.members)
+        return [int(s.generate_state(1, dtype=np.uint32)[0]) for s in ss]
+
+    # ---- schedules (pure functions of the step) ----
+    def lr_at(self, step: int) -> float:
+        if self.lr_schedule == "constant" or self.steps < 2:
+            return self.lr
+        # one-cycle (as torch's OneCycleLR with cosine phases): lr/25 -> lr -> lr/25/1e4
+        t = step / (self.steps - 1)
+        lo0, lo1 = self.lr / 25.0, self.lr / 25.0 / 1e4
+        if t < self.pct_start:
+            x = t / self.pct_start
+            return lo0 + (self.lr - lo0) * 0.5 * (1 - math.cos(math.pi * x))
+        x = (t - self.pct_start) / max(1e-12, 1 - self.pct_start)
+        return lo1 + (self.lr - lo1) * 0.5 * (1 + math.cos(math.pi * x))
+
+    def noise_at(self, step: int) -> float:
+        ramp_steps = self.noise_ramp * self.steps
+        if ramp_steps <= 0:
+            return 1.0
+        t = step / ramp_steps
+        if t >= 1:
+            return 1.0
+        if self.noise_shape == "linear":
+            return float(t)
+        return float(1.0 / (1.0 + 30.0 * math.exp(-12.0 * t)))
+
+    def blur_at(self, step: int) -> float | None:
+        if self.loss != "sinkhorn":
+            return None
+        return BlurSchedule([tuple(s) for s in self.blur_stages], self.blur_final)(step, self.steps)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class Observed:
+    """The catalog as the fit sees it."""
+
+    bands: tuple[str, ...]
+    flux: np.ndarray  # (N, B) all catalog rows
+    flux_err: np.ndarray
+    z_spec: np.ndarray | None
+    split: np.ndarray  # (N,) "train" | "val" | "" (not used)
+    report: dict
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.split == "train"
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.split == "val"
+
+
+def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None = None, redshift: str = "free",
+                     val_fraction: float = 0.15, seed: int = 0, z_range: tuple[float, float] | None = None) -> Observed:
+    """Choose the usable rows (complete, passing the cuts) and split them into train / validation."""
+    flux = np.asarray(flux, dtype=np.float64)
+    flux_err = np.asarray(flux_err, dtype=np.float64)
+    n = flux.shape[0]
+    cuts = list(cuts or [])
+    complete = np.all(np.isfinite(flux), axis=1)
+    report = {"n_rows": int(n), "n_incomplete": int((~complete).sum())}
+    use = complete.copy()
+    if redshift == "observed":
+        if z_spec is None:
+            raise PopsedError("--redshift observed needs a spec-z column in the catalog")
+        zs = np.asarray(z_spec, dtype=np.float64)
+        okz = np.isfinite(zs)
+        if z_range is not None:
+            okz &= (zs >= z_range[0]) & (zs <= z_range[1])
+        report["n_no_or_bad_zspec"] = int((use & ~okz).sum())
+        use &= okz
+    if cuts:
+        sel = selection_mask(np.where(np.isfinite(flux), flux, np.nan), bands, cuts)
+        report["n_fail_selection"] = int((use & ~sel).sum())
+        use &= sel
+    idx = np.flatnonzero(use)
+    n_use = idx.size
+    n_val = int(round(val_fraction * n_use))
+    if n_use - n_val < 20 or n_val < 5:
+        raise PopsedError(
+            f"only {n_use} catalog rows are usable (complete in all bands{', with spec-z' if redshift == 'observed' else ''}"
+            f"{', passing the selection' if cuts else ''}); need at least 25"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7]))
+    perm = rng.permutation(idx)
+    split = np.full(n, "", dtype=object)
+    split[perm[n_val:]] = "train"
+    split[perm[:n_val]] = "val"
+    report.update({"n_used": int(n_use), "n_train": int(n_use - n_val), "n_val": int(n_val)})
+    return Observed(tuple(bands), flux, flux_err, None if z_spec is None else np.asarray(z_spec, dtype=np.float64), split.astype(str), report)
+
+
+class Featurizer:
+    """Standardised photometric features: asinh magnitudes [+ adjacent colours] [+ redshift]."""
+
+    def __init__(self, softening, colours: bool, use_z: bool, mean, std):
+        self.softening = np.asarray(softening, dtype=np.float64)
+        self.colours = bool(colours)
+        self.use_z = bool(use_z)
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+        self._t: dict = {}
+
+    def names(self, bands) -> list[str]:
+        out = [f"asinh_{b}" for b in bands]
+        if self.colours:
+            out += [f"{a}-{b}" for a, b in zip(bands[:-1], bands[1:])]
+        if self.use_z:
+            out.append("z")
+        return out
+
+    def _raw_np(self, flux, z=None):
+        m = asinh_mag(flux, self.softening)
+        cols = [m]
+        if self.colours:
+            cols.append(m[:, :-1] - m[:, 1:])
+        if self.use_z:
+            cols.append(np.asarray(z, dtype=np.float64)[:, None])
+        return np.concatenate(cols, axis=1)
+
+    @classmethod
+    def fit(cls, flux, softening, colours=False, z=None) -> "Featurizer":
+        f = cls(softening, colours, z is not None, 0.0, 1.0)
+        raw = f._raw_np(flux, z)
+        f.mean = raw.mean(0)
+        f.std = np.maximum(raw.std(0), 1e-6)
+        return f
+
+    def numpy(self, flux, z=None) -> np.ndarray:
+        return (self._raw_np(flux, z) - self.mean) / self.std
+
+    def __call__(self, flux: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        key = (str(flux.device), flux.dtype)
+        if key not in self._t:
+            self._t[key] = tuple(torch.tensor(a, device=flux.device, dtype=flux.dtype) for a in (self.softening, self.mean, self.std))
+        b, mu, sd = self._t[key]
+        m = asinh_mag(flux, b)
+        cols = [m]
+        if self.colours:
+            cols.append(m[:, :-1] - m[:, 1:])
+        if self.use_z:
+            cols.append(z[:, None])
+        return (torch.cat(cols, dim=1) - mu) / sd
+
+    def to_dict(self) -> dict:
+        return {"softening": self.softening.tolist(), "colours": self.colours, "use_z": self.use_z,
+                "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+# ---------------------------------------------------------------------------------------------- members
+@dataclass
+class MemberState:
+    member: int
+    seed: int
+    flow: PopulationFlow
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    step: int = 0  # next step to run
+    finished: bool = False
+    best_val: float = math.inf
+    best_step: int = -1
+    best_flow: dict | None = None
+    last_val: float | None = None
+    accept: float = 1.0
+    nonfinite: int = 0
+    seconds: float = 0.0
+    status: str = "running"
+
+
+def _finite_or_none(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _cpu_state(flow: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu").clone() for k, v in flow.state_dict().items()}
+
+
+class Trainer:
+    """Trains the K members of the ensemble one after the other; iterate :meth:`events`.
+
+    ``model`` follows the forward-model protocol (``bands``, ``param_names``, ``bounds``, ``fluxes``,
+    ``derived``).  The trainer holds at most one member in memory at a time.
+    """
+
+    def __init__(self, model, observed: Observed, noise: NoiseModel, cuts: list[Cut], cfg: TrainConfig, device):
+        self.model = model
+        self.obs = observed
+        self.noise = noise.subset(model.bands) if tuple(noise.bands) != tuple(model.bands) else noise
+        self.cuts = list(cuts)
+        check_cuts(self.cuts, model.bands)
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.bands = tuple(model.bands)
+        if tuple(observed.bands) != self.bands:
+            raise PopsedError(f"catalog bands {list(observed.bands)} differ from the forward model's {list(self.bands)}")
+        self.param_names = tuple(model.param_names)
+        self.use_z = cfg.redshift == "observed"
+        if self.use_z and "z" not in self.param_names:
+            raise PopsedError("--redshift observed needs a forward model with a 'z' parameter")
+        self.z_index = self.param_names.index("z") if "z" in self.param_names else None
+        self.bounds = torch.as_tensor(model.bounds, dtype=torch.float32).detach().cpu()
+        tr, va = observed.train, observed.val
+        z_tr = observed.z_spec[tr] if self.use_z else None
+        self.feat = Featurizer.fit(observed.flux[tr], self.noise.softening, cfg.colours, z_tr)
+        dt = torch.float32
+        self.x_train = torch.tensor(self.feat.numpy(observed.flux[tr], z_tr), dtype=dt, device=self.device)
+        self.x_val = torch.tensor(self.feat.numpy(observed.flux[va], observed.z_spec[va] if self.use_z else None),
+                                  dtype=dt, device=self.device)
+        self.seeds = cfg.member_seeds()
+        self.sinkhorn = SinkhornLoss(p=1, scaling=cfg.sinkhorn_scaling) if cfg.loss == "sinkhorn" else None
+        self._val_dirs = random_directions(self.x_val.shape[1], cfg.val_proj,
+                                           torch.Generator(device="cpu").manual_seed(int(cfg.seed) + 99991),
+                                           "cpu").to(self.device)
+        self.noise_floor = float(sliced_wasserstein(self.x_val, self.x_train, p=cfg.sliced_p, directions=self._val_dirs))
+        self.preview_every = 0  # set by the run writer; 0 = never
+        self.last_preview: dict | None = None
+        self.t0 = time.time()
+        self.time_offset = 0.0
+
+    # ------------------------------------------------------------------ bookkeeping
+    def now(self) -> float:
+        return self.time_offset + (time.time() - self.t0)
+
+    def _stamp(self, ev: dict) -> dict:
+        ev["time"] = round(self.now(), 4)
+        ev["wall"] = time.time()
+        return ev
+
+    def _generator(self, seed: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(seed))
+        return g
+
+    def new_member(self, k: int) -> MemberState:
+        seed = self.seeds[k]
+        torch.manual_seed(seed)  # flow initialisation (nflows uses the global RNG)
+        flow = PopulationFlow(self.bounds, self.cfg.flow).to(self.device)
+        opt = torch.optim.Adam(flow.parameters(), lr=self.cfg.lr_at(0))
+        return MemberState(k, seed, flow, opt, self._generator(seed), accept=1.0 if not self.cuts else 0.5)
+
+    def member_state_dict(self, ms: MemberState) -> dict:
+        """Everything needed to resume member ``ms`` (tensors, numbers, strings: ``weights_only`` safe)."""
+        return {
+            "format": "popsed-checkpoint", "version": 1,
+            "member": ms.member, "seed": ms.seed, "step": ms.step, "finished": ms.finished,
+            "flow": _cpu_state(ms.flow), "opt": ms.opt.state_dict(), "gen": ms.gen.get_state(),
+            "best_val": ms.best_val, "best_step": ms.best_step, "best_flow": ms.best_flow or {},
+            "last_val": -1.0 if ms.last_val is None else float(ms.last_val),
+            "accept": ms.accept, "nonfinite": ms.nonfinite, "seconds": ms.seconds, "status": ms.status,
+            "time": self.now(),
+        }
+
+    def load_member(self, sd: dict) -> MemberState:
+        k = int(sd["member"])
+        ms = self.new_member(k)
+        if int(sd["seed"]) != ms.seed:
+            raise PopsedError(f"checkpoint of member {k} has seed {sd['seed']}, the config says {ms.seed}")
+        ms.flow.load_state_dict(sd["flow"])
+        ms.opt.load_state_dict(sd["opt"])
+        ms.gen.set_state(sd["gen"])
+        ms.step, ms.finished = int(sd["step"]), bool(sd["finished"])
+        ms.best_val, ms.best_step = float(sd["best_val"]), int(sd["best_step"])
+        ms.best_flow = dict(sd["best_flow"]) or None
+        ms.last_val = None if float(sd["last_val"]) < 0 else float(sd["last_val"])
+        ms.accept, ms.nonfinite = float(sd["accept"]), int(sd["nonfinite"])
+        ms.seconds, ms.status = float(sd["seconds"]), str(sd["status"])
+        return ms
+
+    # ------------------------------------------------------------------ the forward pass
+    def predict(self, flow: PopulationFlow, gen: torch.Generator, n: int, amplitude: float, n_draw: int,
+                grad: bool = True):
+        """Sample the flow, predict noisy photometry, apply the cuts.
+
+        Returns ``(features, theta, noisy_flux, n_selected)`` for at most ``n`` selected samples.
+        """
+        with torch.set_grad_enabled(grad):
+            theta = flow.sample(n_draw, gen)
+        if self.cuts:
+            with torch.no_grad():
+                f0 = self.model.fluxes(theta.detach())
+                delta = self.noise.draw(f0, gen)
+                mask = selection_mask(f0 + amplitude * delta, self.bands, self.cuts)
+                idx = torch.nonzero(mask).squeeze(1)
+                n_sel = int(idx.numel())
+                idx = idx[:n]
+            theta = theta[idx]
+            if grad:
+                f = self.model.fluxes(theta)
+            else:
+                f = f0[idx]
+            noisy = f + amplitude * delta[idx]
+        else:
+            with torch.set_grad_enabled(grad):
+                theta = theta[:n]
+                f = self.model.fluxes(theta)
+            delta = self.noise.draw(f, gen)
+            noisy = f + amplitude * delta
+            n_sel = n_draw
+        with torch.set_grad_enabled(grad):
+            z = theta[:, self.z_index] if self.use_z else None
+            feats = self.feat(noisy, z) if noisy.shape[0] else noisy.new_zeros((0, self.x_train.shape[1]))
+        return feats, theta, noisy, n_sel
+
+    def _n_draw(self, ms: MemberState) -> int:
+        b = self.cfg.batch
+        if not self.cuts:
+            return b
+        return int(max(b, min(math.ceil(1.1 * b / max(ms.accept, 1e-3)), self.cfg.max_draw_factor * b)))
+
+    def _obs_batch(self, gen: torch.Generator) -> torch.Tensor:
+        x = self.x_train
+        if x.shape[0] <= self.cfg.obs_cap:
+            return x
+        idx = torch.randint(0, x.shape[0], (self.cfg.obs_cap,), generator=gen, device=x.device)
+        return x[idx]
+
+    def train_loss(self, pred: torch.Tensor, obs: torch.Tensor, gen: torch.Generator, blur: float | None) -> torch.Tensor:
+        if self.cfg.loss == "sliced":
+            return sliced_wasserstein(pred, obs, n_proj=self.cfg.n_proj, p=self.cfg.sliced_p, generator=gen)
+        return self.sinkhorn(pred, obs, blur)
+
+    @torch.no_grad()
+    def validate(self, ms: MemberState) -> float:
+        g = self._generator(ms.seed + 7919)  # the same stream at every validation
+        n_draw = int(self.cfg.val_draw_factor * self.cfg.batch) if self.cuts else self.cfg.batch
+        feats, _, _, _ = self.predict(ms.flow, g, n_draw, 1.0, n_draw, grad=False)
+        if feats.shape[0] < 2:
+            return math.inf
+        return float(sliced_wasserstein(feats, self.x_val, p=self.cfg.sliced_p, directions=self._val_dirs))
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, ms: MemberState) -> dict:
+        cfg = self.cfg
+        t = time.perf_counter()
+        i = ms.step
+        amp, lr, blur = cfg.noise_at(i), cfg.lr_at(i), cfg.blur_at(i)
+        for g in ms.opt.param_groups:
+            g["lr"] = lr
+        n_draw = self._n_draw(ms)
+        feats, theta, noisy, n_sel = self.predict(ms.flow, ms.gen, cfg.batch, amp, n_draw, grad=True)
+        if self.cuts:
+            ms.accept = 0.8 * ms.accept + 0.2 * (n_sel / n_draw) if i > 0 else max(n_sel / n_draw, 1e-3)
+        obs = self._obs_batch(ms.gen)
+        ms.opt.zero_grad(set_to_none=True)
+        loss_v = math.nan
+        if feats.shape[0] >= 2:
+            loss = self.train_loss(feats, obs, ms.gen, blur)
+            loss_v = float(loss.detach())
+            if math.isfinite(loss_v):
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(ms.flow.parameters(), cfg.grad_clip)
+                if torch.isfinite(gn):
+                    ms.opt.step()
+                    ms.nonfinite = 0
+                else:
+                    ms.nonfinite += 1
+            else:
+                ms.nonfinite += 1
+        else:
+            ms.nonfinite += 1
+        if self.preview_every and (i % self.preview_every == 0 or i == cfg.steps - 1):
+            m = pogson_mag(noisy.detach()[:2000]).cpu().numpy()
+            self.last_preview = {"member": ms.member, "step": i, "mag": m}
+        val = None
+        if i % cfg.val_every == 0 or i == cfg.steps - 1:
+            val = self.validate(ms)
+            ms.last_val = val
+            if val < ms.best_val:
+                ms.best_val, ms.best_step, ms.best_flow = val, i, _cpu_state(ms.flow)
+        ms.step += 1
+        sec = time.perf_counter() - t
+        ms.seconds += sec
+        ev = {"event": "step", "member": ms.member, "step": i, "train_loss": _finite_or_none(loss_v),
+              "val_loss": _finite_or_none(val), "noise": amp, "blur": blur, "lr": lr, "seconds": round(sec, 5),
+              "n_draw": n_draw, "n_selected": n_sel}
+        if ms.nonfinite >= cfg.diverge_nonfinite:
+            ms.status = "diverged"
+        return self._stamp(ev)
+
+    def finish_member(self, ms: MemberState) -> dict:
+        ms.finished = True
+        if ms.status != "diverged":
+            ok = math.isfinite(ms.best_val) and ms.best_flow is not None
+            ms.status = "converged" if ok else "diverged"
+        return self._stamp({"event": "member_done", "member": ms.member, "status": ms.status,
+                            "best_val_loss": _finite_or_none(ms.best_val), "best_step": ms.best_step,
+                            "final_val_loss": _finite_or_none(ms.last_val), "seconds": round(ms.seconds, 3)})
+
+    def iter_member(self, ms: MemberState) -> Iterator[dict]:
+        """Steps of one member from ``ms.step`` to the end, then its ``member_done`` event."""
+        while ms.step < self.cfg.steps and ms.status != "diverged":
+            yield self.step(ms)
+        yield self.finish_member(ms)
+
+    def events(self, states: dict[int, MemberState] | None = None) -> Iterator[dict]:
+        """All members in order; ``states`` maps member -> a resumed state (finished ones are skipped)."""
+        states = states or {}
+        self.current: MemberState | None = None
+        for k in range(self.cfg.members):
+            ms = states.get(k)
+            if ms is not None and ms.finished:
+                continue
+            ms = ms or self.new_member(k)
+            self.current = ms
+            yield from self.iter_member(ms)
+
+    # ------------------------------------------------------------------ results
+    @torch.no_grad()
+    def population(self, ms: MemberState, n: int | None = None) -> dict[str, np.ndarray]:
+        """Samples of the best flow of member ``ms``: theta, derived, noisy magnitudes, selected."""
+        n = n or self.cfg.population_samples
+        flow = PopulationFlow(self.bounds, self.cfg.flow).to(self.device)
+        flow.load_state_dict(ms.best_flow if ms.best_flow else _cpu_state(ms.flow))
+        g = self._generator(ms.seed + 104729)
+        theta = flow.sample(n, g)
+        f = self.model.fluxes(theta)
+        noisy = self.noise.apply(f, 1.0, g)
+        sel = selection_mask(noisy, self.bands, self.cuts) if self.cuts else torch.ones(n, dtype=torch.bool, device=theta.device)
+        der = self.model.derived(theta)
+        out: dict[str, np.ndarray] = {"member": np.full(n, ms.member, dtype=np.int32)}
+        th = theta.cpu().numpy().astype(np.float64)
+        for j, name in enumerate(self.param_names):
+            out[name] = th[:, j]
+        for name, v in der.items():
+            out[name] = v.detach().cpu().numpy().astype(np.float64)
+        mags = pogson_mag(noisy).cpu().numpy().astype(np.float64)
+        mags[~np.isfinite(mags)] = np.nan
+        for j, b in enumerate(self.bands):
+            out[f"mag_{b}"] = mags[:, j]
+        out["selected"] = sel.cpu().numpy().astype(bool)
+        return out
+
+
+def ensemble_report(members: list[dict], converge_factor: float, noise_floor: float) -> dict:
+    """Decide which members converged: finite best validation loss at most ``converge_factor`` times the
+    best member's, and not flagged as diverged during training (non-finite losses)."""
+    vals = [m["best_val_loss"] for m in members if m.get("best_val_loss") is not None and m.get("status") != "diverged"]
+    best = min(vals) if vals else None
+    out = []
+    for m in members:
+        v = m.get("best_val_loss")
+        st = "diverged"
+        note = None
+        if v is None or not math.isfinite(v):
+            note = "no finite validation loss"
+        elif m.get("status") == "diverged":
+            note = "diverged during training (non-finite losses)"
+        else:
+            thr = converge_factor * best
+            if v <= thr:
+                st = "converged"
+            else:
+                note = f"best validation loss {v:.4g} > {thr:.4g} (ensemble best {best:.4g}, noise floor {noise_floor:.4g})"
+        r = dict(m)
+        r["status"] = st
+        if note:
+            r["note"] = note
+        out.append(r)
+    return {"members": out, "converged": [m["member"] for m in out if m["status"] == "converged"],
+            "dropped": [m["member"] for m in out if m["status"] != "converged"]}
