@@ -69,6 +69,7 @@ class TrainConfig:
     colours: bool = False
     redshift: str = "free"  # free | observed
     max_draw_factor: float = 8.0
+    selection_pull: float = 0.1
     obs_cap: int = 50000
     converge_factor: float = 1.5
     diverge_nonfinite: int = 25
@@ -246,6 +247,12 @@ class Featurizer:
             cols.append(z[:, None])
         return (torch.cat(cols, dim=1) - mu) / sd
 
+    def _t_soft(self, like: torch.Tensor) -> torch.Tensor:
+        key = ("soft", str(like.device), like.dtype)
+        if key not in self._t:
+            self._t[key] = torch.tensor(self.softening, device=like.device, dtype=like.dtype)
+        return self._t[key]
+
     def to_dict(self) -> dict:
         return {"softening": self.softening.tolist(), "colours": self.colours, "use_z": self.use_z,
                 "mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -375,11 +382,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ the forward pass
     def predict(self, flow: PopulationFlow, gen: torch.Generator, n: int, amplitude: float, n_draw: int,
-                grad: bool = True):
+                grad: bool = True, pull: float = 0.0):
         """Sample the flow, predict noisy photometry, apply the cuts.
 
-        Returns ``(features, theta, noisy_flux, n_selected)`` for at most ``n`` selected samples.
+        Returns ``(features, theta, noisy_flux, n_selected, pull_penalty)`` for at most ``n`` selected
+        samples.  ``pull_penalty`` (0 without cuts or with ``pull=0``) is the selection pull, see
+        :meth:`_pull_penalty`.
         """
+        penalty = None
         with torch.set_grad_enabled(grad):
             theta = flow.sample(n_draw, gen)
         if self.cuts:
@@ -390,9 +400,12 @@ class Trainer:
                 idx = torch.nonzero(mask).squeeze(1)
                 n_sel = int(idx.numel())
                 idx = idx[:n]
-            theta = theta[idx]
+            theta_all = theta
+            theta = theta_all[idx]
             if grad:
                 f = self.model.fluxes(theta)
+                if pull > 0 and n_sel < n_draw:
+                    penalty = self._pull_penalty(theta_all, delta, mask, amplitude, gen, n, pull)
             else:
                 f = f0[idx]
             noisy = f + amplitude * delta[idx]
@@ -406,7 +419,33 @@ class Trainer:
         with torch.set_grad_enabled(grad):
             z = theta[:, self.z_index] if self.use_z else None
             feats = self.feat(noisy, z) if noisy.shape[0] else noisy.new_zeros((0, self.x_train.shape[1]))
-        return feats, theta, noisy, n_sel
+        return feats, theta, noisy, n_sel, penalty
+
+    def _pull_penalty(self, theta_all, delta, mask, amplitude, gen, n, pull):
+        """Selection pull: ``pull * (rejected fraction) * mean softplus-distance (mag) beyond the cuts``
+        over (a random subset of at most n/4 of) the rejected samples.
+
+        The masked OT loss constrains the population only where it is selected: it is blind to how much
+        mass lies beyond the cuts, and mass leaking across the limit never comes back (the acceptance rate
+        then collapses and the loss starves).  This weak term pulls rejected samples back toward the
+        limit; it prefers, among the populations that reproduce the catalog, the one with the least
+        mass beyond the cuts.  Its gradient reaches the flow only through rejected samples.
+        """
+        rej = torch.nonzero(~mask).squeeze(1)
+        m = max(1, n // 4)
+        if rej.numel() > m:
+            rej = rej[torch.randperm(rej.numel(), generator=gen, device=rej.device)[:m]]
+        th = theta_all[rej]
+        f = self.model.fluxes(th) + amplitude * delta[rej]
+        mags = asinh_mag(f, self.feat._t_soft(f))
+        viol = []
+        for c in self.cuts:
+            mj = mags[:, self.bands.index(c.band)]
+            viol.append((mj - c.value) if c.op in ("<", "<=") else (c.value - mj))
+        v = torch.stack(viol, 1).max(1).values
+        w = 0.2  # mag
+        frac = (mask.numel() - int(mask.sum())) / mask.numel()
+        return pull * frac * (w * torch.nn.functional.softplus(v / w)).mean()
 
     def _n_draw(self, ms: MemberState) -> int:
         b = self.cfg.batch
@@ -430,7 +469,7 @@ class Trainer:
     def validate(self, ms: MemberState) -> float:
         g = self._generator(ms.seed + 7919)  # the same stream at every validation
         n_draw = int(self.cfg.val_draw_factor * self.cfg.batch) if self.cuts else self.cfg.batch
-        feats, _, _, _ = self.predict(ms.flow, g, n_draw, 1.0, n_draw, grad=False)
+        feats, _, _, _, _ = self.predict(ms.flow, g, n_draw, 1.0, n_draw, grad=False)
         if feats.shape[0] < 2:
             return math.inf
         return float(sliced_wasserstein(feats, self.x_val, p=self.cfg.sliced_p, directions=self._val_dirs))
@@ -444,7 +483,8 @@ class Trainer:
         for g in ms.opt.param_groups:
             g["lr"] = lr
         n_draw = self._n_draw(ms)
-        feats, theta, noisy, n_sel = self.predict(ms.flow, ms.gen, cfg.batch, amp, n_draw, grad=True)
+        feats, theta, noisy, n_sel, pen = self.predict(ms.flow, ms.gen, cfg.batch, amp, n_draw, grad=True,
+                                                       pull=cfg.selection_pull)
         if self.cuts:
             ms.accept = 0.8 * ms.accept + 0.2 * (n_sel / n_draw) if i > 0 else max(n_sel / n_draw, 1e-3)
         obs = self._obs_batch(ms.gen)
@@ -453,6 +493,8 @@ class Trainer:
         if feats.shape[0] >= 2:
             loss = self.train_loss(feats, obs, ms.gen, blur)
             loss_v = float(loss.detach())
+            if pen is not None:
+                loss = loss + pen
             if math.isfinite(loss_v):
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(ms.flow.parameters(), cfg.grad_clip)

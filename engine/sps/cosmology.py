@@ -46,8 +46,8 @@ class CosmologyTable:
         self._age = torch.as_tensor(age, device=device, dtype=dtype)
 
     def _interp(self, table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        s = (z / self.dz).clamp(0.0, len(self._z) - 1.000001)
-        k = s.detach().floor().long()
+        s = (z / self.dz).clamp(min=0.0)
+        k = s.detach().floor().long().clamp(max=len(self._z) - 2)
         a = s - k.to(s.dtype)
         return table[k] * (1.0 - a) + table[k + 1] * a
 
