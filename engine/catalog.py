@@ -518,13 +518,13 @@ def _to_float(data: Any, label: str, name: str) -> np.ndarray:
     arr = np.asarray(data)
     kind = arr.dtype.kind
     if kind in "iuf":
-        out = arr.astype(np.float64, copy=True)
+        out = arr.astype(np.float64, copy=False)  # never modified in place below
     elif kind in "OUS":
         out = _parse_strings(arr, label, name)
     else:
         _fail(f"{label}: column {name} is not numeric (dtype {arr.dtype})")
     if mask is not None and mask.any():
-        out[mask.reshape(out.shape) if mask.shape == out.shape else mask] = np.nan
+        out = np.where(mask.reshape(out.shape), np.nan, out)
     return out
 
 
@@ -1186,10 +1186,20 @@ def _convert_mag(src: _Source, part: _Part, spec: _BandSpec, ext: np.ndarray | f
     _value_masks(m, sent_v, "mag", reasons)
     _value_masks(e, sent_e, "err", reasons)
     reasons[f"mag err>{MAX_MAG_ERR:g}"] = huge
-    mm = np.where(ok, m, 0.0) + spec.ab_offset - ext
+    # in place, to keep temporaries at two arrays per band
+    f = np.where(ok, m, MAG_ZP)
+    del m
+    if spec.ab_offset:
+        f += spec.ab_offset
+    f -= ext
+    f -= MAG_ZP
+    f *= -0.4
     with np.errstate(over="ignore", invalid="ignore"):
-        f = 10.0 ** (-0.4 * (mm - MAG_ZP))
-        s = f * np.where(ok, e, 1.0) / _POGSON
+        np.power(10.0, f, out=f)
+        s = np.where(ok, e, 1.0)
+        del e
+        s *= f
+        s /= _POGSON
     return _finish(f, s, ok, reasons, f"{part.value} ± {part.err} [AB mag]")
 
 
@@ -1231,18 +1241,28 @@ def _convert_flux(src: _Source, part: _Part, spec: _BandSpec, ext: np.ndarray | 
         reasons["ivar=0/inf"] = sent_e
     scale = factor * 10.0 ** (0.4 * (ext - spec.ab_offset))
     with np.errstate(over="ignore", invalid="ignore"):
-        ff = np.where(ok, f, 0.0) * scale
-        ss = np.where(ok, e, 1.0) * scale
+        ff = np.where(ok, f, 0.0)
+        del f
+        ff *= scale
+        ss = np.where(ok, e, 1.0)
+        del e
+        ss *= scale
     return _finish(ff, ss, ok, reasons, f"{part.value} ± {ecol} [{unit_desc}]")
 
 
 def _finish(f, s, ok, reasons, desc) -> _Converted:
-    bad = ok & ~(np.isfinite(f) & np.isfinite(s) & (s > 0))
-    if bad.any():  # overflow/underflow after unit conversion
+    """Mark rows that overflowed/underflowed in the conversion; NaN (in place) where not ok."""
+    bad = np.isfinite(f)
+    bad &= np.isfinite(s)
+    bad &= s > 0
+    np.logical_not(bad, out=bad)
+    bad &= ok
+    if bad.any():
         reasons["unrepresentable after conversion"] = bad
         ok = ok & ~bad
-    f = np.where(ok, f, np.nan)
-    s = np.where(ok, s, np.nan)
+    notok = ~ok
+    f[notok] = np.nan
+    s[notok] = np.nan
     return _Converted(f, s, ok, reasons, desc)
 
 
@@ -1297,14 +1317,17 @@ def _extinction_values(src: _Source, spec: _BandSpec, label: str) -> np.ndarray 
 
 def _band_line(band: str, n: int, f: np.ndarray, s: np.ndarray, ok: np.ndarray,
                reasons: dict[str, int], desc: str) -> str:
+    """The summary line of one band (a few temporaries of the measured rows only)."""
     k = int(ok.sum())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = f[ok] / s[ok]
-        det = int(np.count_nonzero(snr >= 5))
-        pos = f[ok] > 0
-        merr = _POGSON * s[ok][pos] / f[ok][pos]
-    med_s = float(np.median(s[ok])) if k else float("nan")
-    med_m = float(np.median(merr)) if merr.size else float("nan")
+    so = s[ok]
+    snr = f[ok]
+    snr /= so
+    det = int(np.count_nonzero(snr >= 5))
+    med_s = float(np.median(so, overwrite_input=True)) if k else float("nan")
+    del so
+    snr = snr[snr > 0]
+    np.divide(_POGSON, snr, out=snr)  # magnitude errors of the positive fluxes
+    med_m = float(np.median(snr, overwrite_input=True)) if snr.size else float("nan")
     nm = ", ".join(f"{r} ×{c}" for r, c in reasons.items()) or "none"
     return (f"{band}: {n} rows, {_pct(k, n)} measured, {_pct(det, n)} detected (S/N≥5), "
             f"median error {med_m:.3g} mag ({med_s:.3g} nmgy), from {desc}; no measurement: {nm}")
@@ -1337,40 +1360,59 @@ def _assemble(src: _Source, specs: list[_BandSpec], *, flux_unit: str | None,
     err = np.empty((n, B), dtype=np.float64)
     lines: list[str] = []
     for j, spec in enumerate(specs):
-        ext = _extinction_values(src, spec, label)
-        conv_f = _convert_flux(src, spec.flux, spec, ext, flux_unit, notes) if spec.flux else None
-        conv_m = _convert_mag(src, spec.mag, spec, ext) if (
-            spec.mag and (spec.mag.err is not None or conv_f is None)) else None
-        if conv_f is not None and spec.mag is not None:
-            _check_agreement(src, spec, conv_f, conv_m, ext, label)
-        if conv_f is not None and conv_m is not None:
-            fill = ~conv_f.ok & conv_m.ok
-            ok = conv_f.ok | fill
-            f = np.where(conv_f.ok, conv_f.flux, conv_m.flux)
-            s = np.where(conv_f.ok, conv_f.err, conv_m.err)
-            if fill.any():
-                notes.append(f"{spec.name}: {int(fill.sum())} rows without a flux taken from the magnitudes")
-            reasons = _reason_counts(conv_f.reasons, ~ok)
-            desc = conv_f.desc + f" (+ {spec.mag.value} ± {spec.mag.err})"
-        else:
-            c = conv_f if conv_f is not None else conv_m
-            f, s, ok, desc = c.flux, c.err, c.ok, c.desc
-            reasons = _reason_counts(c.reasons, ~ok)
-        k = int(ok.sum())
-        if k < min_fraction * n:
-            nm = ", ".join(f"{r} ×{c}" for r, c in reasons.items()) or "none"
-            _fail(f"{label}: band {spec.name} ({desc}) keeps only {k} of {n} rows ({_pct(k, n)}) with a "
-                  f"measurement; no measurement: {nm}; need ≥ {100 * min_fraction:.0f} % — drop the band or "
-                  f"fix the columns")
-        if spec.extinction is not None:
-            notes.append(f"{spec.name}: Galactic extinction corrected ("
-                         + (f"column {spec.extinction}" if isinstance(spec.extinction, str)
-                            else f"A = {float(spec.extinction):g} mag") + ")")
-        if spec.ab_offset:
-            notes.append(f"{spec.name}: AB offset {spec.ab_offset:+g} mag applied")
-        flux[:, j] = f
-        err[:, j] = s
-        lines.append(_band_line(spec.name, n, f, s, ok, reasons, desc))
+        with np.errstate(all="ignore"):  # overflow/underflow is caught by _finish
+            lines.append(_one_band(src, spec, j, flux, err, flux_unit=flux_unit, min_fraction=min_fraction,
+                                   notes=notes))
+    return _finish_rows(src, flux, err, lines, notes, z_ref=z_ref, z_note=z_note, min_rows=min_rows)
+
+
+def _one_band(src: _Source, spec: _BandSpec, j: int, flux: np.ndarray, err: np.ndarray, *,
+              flux_unit: str | None, min_fraction: float, notes: list[str]) -> str:
+    """Convert one band into column j of the output arrays; its summary line."""
+    label = src.label
+    n = src.nrows
+    ext = _extinction_values(src, spec, label)
+    conv_f = _convert_flux(src, spec.flux, spec, ext, flux_unit, notes) if spec.flux else None
+    conv_m = _convert_mag(src, spec.mag, spec, ext) if (
+        spec.mag and (spec.mag.err is not None or conv_f is None)) else None
+    if conv_f is not None and spec.mag is not None:
+        _check_agreement(src, spec, conv_f, conv_m, ext, label)
+    if conv_f is not None and conv_m is not None:
+        fill = ~conv_f.ok & conv_m.ok
+        ok = conv_f.ok | fill
+        f = np.where(conv_f.ok, conv_f.flux, conv_m.flux)
+        s = np.where(conv_f.ok, conv_f.err, conv_m.err)
+        if fill.any():
+            notes.append(f"{spec.name}: {int(fill.sum())} rows without a flux taken from the magnitudes")
+        reasons = _reason_counts(conv_f.reasons, ~ok)
+        desc = conv_f.desc + f" (+ {spec.mag.value} ± {spec.mag.err})"
+    else:
+        c = conv_f if conv_f is not None else conv_m
+        f, s, ok, desc = c.flux, c.err, c.ok, c.desc
+        reasons = _reason_counts(c.reasons, ~ok)
+    k = int(ok.sum())
+    if k < min_fraction * n:
+        nm = ", ".join(f"{r} ×{c}" for r, c in reasons.items()) or "none"
+        _fail(f"{label}: band {spec.name} ({desc}) keeps only {k} of {n} rows ({_pct(k, n)}) with a "
+              f"measurement; no measurement: {nm}; need ≥ {100 * min_fraction:.0f} % — drop the band or "
+              f"fix the columns")
+    if spec.extinction is not None:
+        notes.append(f"{spec.name}: Galactic extinction corrected ("
+                     + (f"column {spec.extinction}" if isinstance(spec.extinction, str)
+                        else f"A = {float(spec.extinction):g} mag") + ")")
+    if spec.ab_offset:
+        notes.append(f"{spec.name}: AB offset {spec.ab_offset:+g} mag applied")
+    flux[:, j] = f
+    err[:, j] = s
+    del conv_f, conv_m, f, s
+    return _band_line(spec.name, n, flux[:, j], err[:, j], ok, reasons, desc)
+
+
+def _finish_rows(src: _Source, flux: np.ndarray, err: np.ndarray, lines: list[str], notes: list[str], *,
+                 z_ref: str | None, z_note: str | None, min_rows: int):
+    """Redshifts, dropping rows without any measured band, the usable-galaxy count."""
+    label = src.label
+    n, B = flux.shape
     any_ok = np.isfinite(flux).any(axis=1)
     kept = int(any_ok.sum())
     z = None
@@ -1378,7 +1420,9 @@ def _assemble(src: _Source, specs: list[_BandSpec], *, flux_unit: str | None,
         z = src.array(z_ref)
         if z.ndim != 1:
             _fail(f"{label}: z_spec column {z_ref} is not one value per row")
-        zbad = ~np.isfinite(z) | np.isin(z, Z_SENTINELS)
+        zbad = ~np.isfinite(z)
+        for v in Z_SENTINELS:
+            zbad |= z == v
         z = np.where(zbad, np.nan, z)
         zn = f"z_spec from column {z_ref}"
         if zbad.any():
@@ -1393,10 +1437,14 @@ def _assemble(src: _Source, specs: list[_BandSpec], *, flux_unit: str | None,
     if kept < n:
         notes.append(f"{n - kept} of {n} rows dropped: no measured band")
         row_index = np.nonzero(any_ok)[0]
-        flux = flux[any_ok]
-        err = err[any_ok]
+        # compact in place, one column at a time (no second (N, B) array)
+        for j in range(B):
+            flux[:kept, j] = flux[row_index, j]
+            err[:kept, j] = err[row_index, j]
+        flux = flux[:kept]
+        err = err[:kept]
         if z is not None:
-            z = z[any_ok]
+            z = z[row_index]
     else:
         row_index = np.arange(n)
     return flux, err, z, tuple(lines) + tuple(notes), row_index
@@ -1417,13 +1465,13 @@ def _check_agreement(src: _Source, spec: _BandSpec, cf: _Converted, cm: _Convert
         cmp = both & (cf.flux > 5 * cf.err) & (fm > 0)
         if not cmp.any():
             return
-        d = 2.5 * np.log10(cf.flux[cmp] / fm[cmp])
+        d = -2.5 * np.log10(cf.flux[cmp] / fm[cmp])  # m(flux) − m(column)
     nbad = int(np.count_nonzero(np.abs(d) > AGREE_TOL_MAG))
     med = float(np.median(d))
     if nbad > AGREE_MAX_FRACTION * d.size or abs(med) > AGREE_MEDIAN_MAG:
         _fail(f"{label}: band {spec.name}: flux column {spec.flux.value} and magnitude column "
               f"{spec.mag.value} disagree: {nbad} of {d.size} rows (S/N≥5) differ by more than "
-              f"{AGREE_TOL_MAG:g} mag (median offset {med:+.3f} mag); check the flux unit or drop one column")
+              f"{AGREE_TOL_MAG:g} mag (median m(flux) − mag = {med:+.3f}); check the flux unit or drop one column")
 
 
 def _hash_file(path: Path) -> str:
