@@ -115,7 +115,7 @@ non-numeric column                          ``F: column C is not numeric: N of M
 errors ≤ 0                                  ``F: column C has N negative errors (min …) of M rows; …``
 NaN/inf / sentinels, < 50 % left            ``F: band X (C ± E) keeps only K of N rows (p %) …: NaN/inf ×a, mag=99 ×b …``
 a band that appears twice                   ``F: band X appears twice: columns A and B``
-flux and magnitude disagree                 ``F: band X: flux column A and magnitude column B disagree …``
+flux and magnitude disagree                 ``F: band X: flux column A and magnitude column B disagree: n of m rows … (median m(flux) − mag = …)``
 fewer than 100 usable galaxies              ``F: only K usable galaxies (of N rows; …); need at least 100``
 bands not covered by the emulator           ``F: catalog band(s) X not covered by the emulator (it has …)``
 spec-z outside the model's range            ``F: N of M galaxies have z_spec outside the model's range …``
@@ -144,7 +144,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 
@@ -389,7 +389,7 @@ def _one_line(msg: str) -> str:
     return " ".join(str(msg).split())
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     raise CatalogError(_one_line(msg))
 
 
@@ -515,7 +515,10 @@ def _to_float(data: Any, label: str, name: str) -> np.ndarray:
     if np.ma.isMaskedArray(data):
         mask = np.ma.getmaskarray(data)
         data = np.ma.getdata(data)
-    arr = np.asarray(data)
+    try:
+        arr = np.asarray(data)
+    except Exception:
+        _fail(f"{label}: column {name} is not numeric ({type(data).__name__})")
     kind = arr.dtype.kind
     if kind in "iuf":
         out = arr.astype(np.float64, copy=False)  # never modified in place below
@@ -606,7 +609,7 @@ class _ParquetSource(_Source):
     def __init__(self, path: str, label: str):
         import pyarrow.parquet as pq
 
-        self.pf = pq.ParquetFile(path, memory_map=True)
+        self.pf = pq.ParquetFile(path, memory_map=False)
         self.label = label
         schema = self.pf.schema_arrow
         self.names = list(schema.names)
@@ -1728,7 +1731,7 @@ def _open_parquet(path, columns: Sequence[str] | None):
     if not p.is_file():
         _fail(f"catalog file not found: {label}")
     try:
-        pf = pq.ParquetFile(str(p), memory_map=True)
+        pf = pq.ParquetFile(str(p), memory_map=False)
     except Exception as exc:
         raise _reader_error(label, "parquet", exc) from None
     names = pf.schema_arrow.names
@@ -1756,12 +1759,18 @@ def iter_parquet_batches(path, columns: Sequence[str] | None = None,
                          batch_rows: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
     """Stream a Parquet file as dicts of numpy arrays of at most ``batch_rows`` rows (nulls → NaN).
 
-    Memory is bounded by one batch (plus pyarrow's read-ahead of one row group).
+    Row groups are read one at a time, so memory is bounded by one row group of the chosen columns
+    plus one batch.  Batches do not straddle row groups (a batch may be shorter than ``batch_rows``).
     """
     pf, columns, _ = _open_parquet(path, columns)
+    if int(batch_rows) < 1:
+        _fail(f"{path}: batch_rows must be ≥ 1, got {batch_rows}")
     try:
-        for batch in pf.iter_batches(batch_size=int(batch_rows), columns=columns, use_threads=False):
-            yield _batch_to_numpy(batch)
+        # one row group at a time: pyarrow's reader over the whole file reads ahead (3× the memory here)
+        for g in range(pf.num_row_groups):
+            for batch in pf.iter_batches(batch_size=int(batch_rows), row_groups=[g], columns=columns,
+                                         use_threads=False):
+                yield _batch_to_numpy(batch)
     finally:
         pf.close()
 
