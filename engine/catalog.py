@@ -450,7 +450,9 @@ def _resolve_band(name: str, label: str, extra: Mapping[str, str] | None = None)
         if not p.is_file():
             _fail(f"{label}: filter file '{name}' for a band does not exist")
         return p.stem, str(p)
-    close = difflib.get_close_matches(name.lower(), list(known), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), list(known), n=6, cutoff=0.6)
+    same = [c for c in close if c.split("-")[-1] == name.lower().split("-")[-1]]
+    close = (same + [c for c in close if c not in same])[:3]
     hint = f"; did you mean {', '.join(repr(known[c]) for c in close)}?" if close else ""
     _fail(f"{label}: unknown band '{name}' (not a speclite filter name nor an ECSV filter file){hint}")
     raise AssertionError  # unreachable
@@ -743,6 +745,11 @@ def _open_source(path: Path, label: str, fmt: str, table: Any) -> _Source:
         kwargs = {"format": "fits", "memmap": not path.name.lower().endswith(".gz")}
         if table is not None:
             kwargs["hdu"] = int(table) if isinstance(table, int) or str(table).isdigit() else table
+        else:
+            tables = _fits_table_hdus(path)
+            if len(tables) > 1:
+                _fail(f"{label}: the FITS file holds {len(tables)} tables ({_short_list(tables)}); choose one "
+                      f"with 'table:' (HDU name or number) in a column map")
     elif fmt == "ecsv":
         kwargs = {"format": "ascii.ecsv"}
     elif fmt == "csv":
@@ -757,6 +764,21 @@ def _open_source(path: Path, label: str, fmt: str, table: Any) -> _Source:
     except Exception as exc:
         raise _reader_error(label, fmt, exc) from None
     return _TableSource(t, label, dups)
+
+
+def _fits_table_hdus(path: Path) -> list[str]:
+    """Names (or numbers) of the table HDUs of a FITS file; [] if it cannot be opened (the reader
+    then reports the problem)."""
+    try:
+        from astropy.io import fits
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=True, lazy_load_hdus=True) as hl:
+                return [h.name or str(i) for i, h in enumerate(hl)
+                        if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
+    except Exception:
+        return []
 
 
 def _open_hdf5(path: Path, label: str, table: Any) -> _Source:
@@ -1007,6 +1029,30 @@ def _discover(src: _Source, lookup: Mapping[str, str]) -> tuple[dict[str, dict[t
     return found, order, ignored
 
 
+def _same_filter_letter(band: str, candidates: Sequence[str]) -> list[str]:
+    """Candidates naming the same filter in another system (sdss2010-r ↔ sdss2010noatm-r)."""
+    suffix = band.split("-")[-1].lower()
+    return [c for c in candidates if c.split("-")[-1].lower() == suffix and c.lower() != band.lower()]
+
+
+def _photometry_like(names: Sequence[str]) -> list[str]:
+    """Value/error column pairs that look like photometry under other names (u/u_err, MAG_U/MAGERR_U)."""
+    low = {n.lower(): n for n in names}
+    pairs = []
+    for n in names:
+        ln = n.lower()
+        cands = [ln + "_err", ln + "err", ln + "_error", "err_" + ln, "e_" + ln, "e" + ln]
+        if ln.startswith("mag_"):
+            cands += ["magerr_" + ln[4:], "mag_err_" + ln[4:]]
+        if ln.startswith("flux_"):
+            cands += ["fluxerr_" + ln[5:], "flux_err_" + ln[5:]]
+        for c in cands:
+            if c in low:
+                pairs.append(f"{n}/{low[c]}")
+                break
+    return pairs
+
+
 def _specs_from_convention(src: _Source, label: str, wanted: list[tuple[str, str]] | None,
                            extra: Mapping[str, str]) -> tuple[list[_BandSpec], list[str]]:
     lookup = {**known_band_names(), **{k: Path(v).stem for k, v in extra.items()}}
@@ -1020,7 +1066,12 @@ def _specs_from_convention(src: _Source, label: str, wanted: list[tuple[str, str
     if wanted is None:
         if not order:
             hint = ""
-            if ignored:
+            pairs = _photometry_like(src.names)
+            if pairs:
+                v, e = pairs[0].split("/")
+                hint = (f"; columns {_short_list(pairs, 5)} look like photometry: map them to speclite bands "
+                        f"with a column map (--columns), e.g. bands: {{sdss2010-r: {{mag: {v}, mag_err: {e}}}}}")
+            elif ignored:
                 hint = (f"; columns {_short_list(ignored, 5)} look like photometry but their band names "
                         f"are not speclite filters: map them with a column map (--columns)")
             _fail(f"no band columns in {label}: expected mag_<band>/mag_err_<band> or "
@@ -1036,7 +1087,7 @@ def _specs_from_convention(src: _Source, label: str, wanted: list[tuple[str, str
                       f"{_short_list(src.names)}")
             hints = []
             for b in missing:
-                close = difflib.get_close_matches(b, order, n=1, cutoff=0.6)
+                close = _same_filter_letter(b, order)
                 if close:
                     hints.append(f"{b} → {close[0]}?")
             _fail(f"{label}: no columns for band(s) {', '.join(missing)} (looked for mag_<band>, "
@@ -1562,6 +1613,14 @@ def read_catalog(path, *, bands: str | Sequence[str] | None = None,
     if columns is not None:
         cmap, maplabel = load_column_map(columns)
     table_sel = cmap.get("table")
+    if flux_unit is not None and cmap.get("flux_unit") is not None:
+        try:
+            same = math.isclose(flux_unit_factor(flux_unit), flux_unit_factor(cmap["flux_unit"]), rel_tol=1e-9)
+        except ValueError:
+            same = False
+        if not same:
+            _fail(f"{maplabel}: flux_unit '{cmap['flux_unit']}' contradicts the flux unit given ('{flux_unit}'); "
+                  f"drop one of them")
     from astropy.table import Table
 
     if isinstance(path, Table):
