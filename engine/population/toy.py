@@ -30,8 +30,11 @@ class ToyForwardModel:
         self.dtype = dtype
         self.bounds = torch.tensor([[0.01, z_max], [8.0, 12.0], [0.0, 2.0]], device=dev, dtype=dtype)
         nb = len(self.bands)
-        self._c = torch.linspace(3.0, -1.0, nb, device=dev, dtype=dtype)
-        self._a = torch.linspace(1.2, 0.5, nb, device=dev, dtype=dtype)
+        # redshift and dust colour terms, not collinear: g-r ~ 4 z + 0.9 tau2, r-i ~ 2 z + 0.1 tau2
+        c, a = [6.0, 2.0, 0.0], [1.5, 0.6, 0.5]
+        idx = [min(i, 2) for i in range(nb)]
+        self._c = torch.tensor([c[i] for i in idx], device=dev, dtype=dtype)
+        self._a = torch.tensor([a[i] for i in idx], device=dev, dtype=dtype)
 
     def validate_theta(self, theta: torch.Tensor) -> None:
         if theta.ndim != 2 or theta.shape[1] != 3:

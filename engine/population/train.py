@@ -66,7 +66,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     val_every: int = 10
     val_draw_factor: float = 2.0
-    colours: bool = False
+    colours: bool = True
     redshift: str = "free"  # free | observed
     max_draw_factor: float = 8.0
     selection_pull: float = 0.1

@@ -1,0 +1,116 @@
+"""``popsed fit`` and ``popsed summary``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.errors import RunDirError
+
+
+def add_subparser(sub) -> None:
+    p = sub.add_parser("fit", help="fit the population behind a catalog (flow ensemble) into a run directory",
+                       description="Fit an ensemble of normalizing flows to the population behind CATALOG; "
+                                   "write the run directory RUN (docs/run_format.md).")
+    p.add_argument("catalog", help="catalog file (FITS/ECSV/CSV/HDF5/Parquet)")
+    p.add_argument("--out", required=True, help="run directory to create (or resume)")
+    p.add_argument("--bands", default="auto", help="auto (every band in the catalog) or B1,B2,... (speclite names)")
+    p.add_argument("--members", type=int, default=4, help="ensemble size K (default 4)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps per member (default 1000)")
+    p.add_argument("--batch", type=int, default=4096, help="predicted samples per step (default 4096)")
+    p.add_argument("--loss", choices=("sliced", "sinkhorn"), default="sliced")
+    p.add_argument("--forward", default="auto",
+                   help="emulator | sps | auto (emulator when available, else sps) | MODULE:FACTORY")
+    p.add_argument("--emulator", default=None, help="emulator file (default: the packaged one)")
+    p.add_argument("--redshift", choices=("free", "observed"), default="free")
+    p.add_argument("--selection", action="append", default=None,
+                   help="selection cut, e.g. sdss2010-r<19.8 (repeat, or comma-separate, for several)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--z-max", type=float, default=0.65, help="upper redshift bound of the SPS (default 0.65)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
+    p.add_argument("--noise-ramp", type=float, default=None, help="fraction of training over which noise ramps 0 -> 1")
+    p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 10)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (and every 30 s)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fit)
+
+    s = sub.add_parser("summary", help="summarise a run directory",
+                       description="Per-parameter 16/50/84 percentiles of the pooled population, per-member "
+                                   "status and losses.")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_cmd_summary)
+
+
+def _cmd_fit(args) -> int:
+    from .api import fit
+
+    if args.resume and args.overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other")
+    opts = {}
+    if args.lr is not None:
+        opts["lr"] = args.lr
+    if args.noise_ramp is not None:
+        opts["noise_ramp"] = args.noise_ramp
+    if args.val_every is not None:
+        opts["val_every"] = args.val_every
+    try:
+        run = fit(args.catalog, args.out, bands=args.bands, members=args.members, steps=args.steps, batch=args.batch,
+                  loss=args.loss, forward=args.forward, emulator_path=args.emulator, redshift=args.redshift,
+                  selection=args.selection, device=args.device, seed=args.seed, resume=args.resume,
+                  overwrite=args.overwrite, z_max=args.z_max, checkpoint_every=args.checkpoint_every,
+                  progress=not args.no_progress, **opts)
+    except KeyboardInterrupt:
+        print(f"popsed fit: interrupted; a checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
+        return 130
+    s = run.summary()
+    print(f"run complete: {run.path} (converged members {s['converged']}, dropped {s['dropped']})")
+    return 0
+
+
+def format_summary(s: dict, cfg: dict | None = None) -> str:
+    lines = []
+    if cfg:
+        lines.append(f"run: {cfg.get('catalog', {}).get('path')}  bands {','.join(cfg.get('bands', []))}  "
+                     f"loss {cfg.get('loss')}  members {cfg.get('members')}  steps {cfg.get('steps')}")
+    lines.append(f"status: {s.get('status')}")
+    if s.get("noise_floor") is not None:
+        lines.append(f"noise floor (val vs train): {s['noise_floor']:.4g}")
+    lines.append("members:")
+    for m in s.get("members", []):
+        bits = [f"  {m['member']}: {m.get('status')}"]
+        for key in ("best_val_loss", "final_val_loss", "train_loss"):
+            if m.get(key) is not None:
+                bits.append(f"{key} {m[key]:.4g}")
+        for key in ("best_step", "step", "seconds"):
+            if m.get(key) is not None:
+                bits.append(f"{key} {m[key]}")
+        if m.get("note"):
+            bits.append(f"({m['note']})")
+        lines.append("  ".join(bits))
+    for n in s.get("notes", []) or []:
+        lines.append(f"note: {n}")
+    pct = s.get("percentiles")
+    if pct:
+        lines.append(f"pooled population ({s.get('n_population')} samples): 16 / 50 / 84th percentiles")
+        w = max(len(k) for k in pct)
+        for k, v in pct.items():
+            lines.append(f"  {k:<{w}}  {v['p16']:10.4g} {v['p50']:10.4g} {v['p84']:10.4g}")
+    return "\n".join(lines)
+
+
+def _cmd_summary(args) -> int:
+    from .run import Run
+
+    run = Run(args.run)
+    s = run.summary()
+    if args.json:
+        from .run import dumps
+
+        print(dumps(s, indent=1))
+    else:
+        print(format_summary(s, run.config))
+    return 0
