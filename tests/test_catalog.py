@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -485,7 +484,7 @@ def test_error_no_band_columns(tmp_path):
                     read_catalog, p)
     t = Table({"mag_u": np.ones(120), "mag_err_u": np.ones(120)})
     raises_one_line(r"columns mag_u/mag_err_u look like photometry: map them to speclite bands with a column map "
-                    r"\(--columns\), e\.g\. bands: \{sdss2010-r: \{mag: mag_u, mag_err: mag_err_u\}\}", read_catalog, t)
+                    r"\(--columns\), e\.g\. bands: \{<band>: \{mag: mag_u, mag_err: mag_err_u\}\}", read_catalog, t)
     t = Table({"mag_u": np.ones(120), "mag_g": np.ones(120)})
     raises_one_line(r"columns mag_u, mag_g look like photometry but their band names are not speclite", read_catalog, t)
 
