@@ -269,9 +269,16 @@ class MockSurvey:
         return theta, phot, drawn
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write_table(table, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".ecsv")
     os.close(fd)
+    os.chmod(tmp, _umask_mode())
     try:
         table.write(tmp, format="ascii.ecsv", overwrite=True)
         os.replace(tmp, path)
@@ -282,6 +289,7 @@ def _atomic_write_table(table, path: Path) -> None:
 
 def _atomic_write_text(text: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, _umask_mode())
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
