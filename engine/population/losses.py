@@ -37,6 +37,22 @@ def _quantiles(sorted_proj: torch.Tensor, m: int) -> torch.Tensor:
     return sorted_proj[:, lo] * (1 - w) + sorted_proj[:, hi] * w
 
 
+def _weighted_quantiles(sorted_vals: torch.Tensor, sorted_w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Quantile function of weighted 1-D samples (rows of ``sorted_vals`` (P, N), sorted, with normalised
+    weights ``sorted_w`` (P, N)) at ``levels`` (M,), by linear interpolation between the samples' mass
+    mid-points; differentiable in the values *and* the weights."""
+    c = torch.cumsum(sorted_w, dim=-1)
+    mid = c - 0.5 * sorted_w  # (P, N), non-decreasing
+    u = levels.expand(mid.shape[0], -1).contiguous()
+    n = mid.shape[-1]
+    hi = torch.searchsorted(mid.detach().contiguous(), u).clamp(1, n - 1)
+    lo = hi - 1
+    m_lo, m_hi = mid.gather(1, lo), mid.gather(1, hi)
+    v_lo, v_hi = sorted_vals.gather(1, lo), sorted_vals.gather(1, hi)
+    t = ((u - m_lo) / (m_hi - m_lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return v_lo + (v_hi - v_lo) * t
+
+
 def sliced_wasserstein(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -44,11 +60,14 @@ def sliced_wasserstein(
     p: int = 2,
     generator: torch.Generator | None = None,
     directions: torch.Tensor | None = None,
+    x_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sliced p-Wasserstein distance between point clouds ``x`` (N, D) and ``y`` (M, D).
 
     ``(mean over directions of W_p^p of the 1-D projections) ** (1/p)``.  Directions are fresh random
-    unit vectors drawn from ``generator`` unless given as a (D, P) matrix.
+    unit vectors drawn from ``generator`` unless given as a (D, P) matrix.  ``x_weights`` (N,),
+    non-negative, optional: a weighted ``x`` (the loss is then differentiable in the weights too; the
+    trainer uses it for the selection, see ``engine.population.train``).
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"point clouds must be (N, D) and (M, D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -58,11 +77,22 @@ def sliced_wasserstein(
         directions = random_directions(x.shape[1], n_proj, generator, x.device, x.dtype)
     px = (x @ directions).T.contiguous()  # (P, N)
     py = (y @ directions).T.contiguous()  # (P, M)
-    px = torch.sort(px, dim=-1).values
     py = torch.sort(py, dim=-1).values
-    m = max(px.shape[-1], py.shape[-1])
-    qx = _quantiles(px, m)
-    qy = _quantiles(py, m)
+    if x_weights is None:
+        px = torch.sort(px, dim=-1).values
+        m = max(px.shape[-1], py.shape[-1])
+        qx = _quantiles(px, m)
+        qy = _quantiles(py, m)
+    else:
+        if x.shape[0] < 2:
+            raise ValueError("weighted sliced_wasserstein needs at least 2 points in x")
+        w = x_weights / x_weights.sum().clamp_min(1e-30)
+        px, order = torch.sort(px, dim=-1)
+        ws = w[order]
+        m = py.shape[-1]
+        levels = (torch.arange(m, device=x.device, dtype=x.dtype) + 0.5) / m
+        qx = _weighted_quantiles(px, ws, levels)
+        qy = py
     diff = (qx - qy).abs()
     if p == 1:
         return diff.mean()
@@ -89,13 +119,17 @@ class SinkhornLoss:
         self._cls = SamplesLoss
         self._cache: dict[float, object] = {}
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, blur: float) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, blur: float, x_weights: torch.Tensor | None = None) -> torch.Tensor:
         key = float(blur)
         fn = self._cache.get(key)
         if fn is None:
             fn = self._cls("sinkhorn", p=self.p, blur=key, scaling=self.scaling, backend=self.backend)
             self._cache = {key: fn}
-        return fn(x, y)
+        if x_weights is None:
+            return fn(x, y)
+        a = x_weights / x_weights.sum()
+        b = torch.full((y.shape[0],), 1.0 / y.shape[0], device=y.device, dtype=y.dtype)
+        return fn(a, x, b, y)
 
 
 class BlurSchedule:

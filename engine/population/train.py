@@ -69,7 +69,9 @@ class TrainConfig:
     colours: bool = True
     redshift: str = "free"  # free | observed
     max_draw_factor: float = 8.0
-    selection_pull: float = 0.1
+    soft_selection: bool = True
+    soft_width: float = 0.05  # floor of the smooth selection width, relative to the flux at the cut
+    selection_pull: float = 0.0
     obs_cap: int = 50000
     converge_factor: float = 1.5
     diverge_nonfinite: int = 25
@@ -385,25 +387,41 @@ class Trainer:
                 grad: bool = True, pull: float = 0.0):
         """Sample the flow, predict noisy photometry, apply the cuts.
 
-        Returns ``(features, theta, noisy_flux, n_selected, pull_penalty)`` for at most ``n`` selected
-        samples.  ``pull_penalty`` (0 without cuts or with ``pull=0``) is the selection pull, see
-        :meth:`_pull_penalty`.
+        Returns ``(features, weights, theta, noisy_flux, n_selected, pull_penalty)``.  Without gradients
+        (validation, results) the rows are the (at most ``n``) selected samples and ``weights`` is None.
+        With gradients and cuts, the rows are the selected samples among the first draws (up to the
+        ``n``-th selected) *plus* the rejected draws near a cut; ``weights`` is 1 for selected and 0 for
+        rejected rows in value, but carries the gradient of the smooth selection probability
+        ``Phi((f - f_cut) / sigma)`` (straight-through): the loss is computed on exactly the selected
+        set, while a galaxy just beyond the limit still feels whether the catalog wants more galaxies
+        there.  Without that, mass that drifts across the limit never comes back and the acceptance
+        rate collapses.
         """
         penalty = None
+        weights = None
         with torch.set_grad_enabled(grad):
             theta = flow.sample(n_draw, gen)
         if self.cuts:
             with torch.no_grad():
                 f0 = self.model.fluxes(theta.detach())
-                delta = self.noise.draw(f0, gen)
+                sigma = self.noise.draw_sigma(f0, gen)
+                delta = sigma * torch.randn(f0.shape, generator=gen, device=f0.device, dtype=f0.dtype)
                 mask = selection_mask(f0 + amplitude * delta, self.bands, self.cuts)
-                idx = torch.nonzero(mask).squeeze(1)
-                n_sel = int(idx.numel())
-                idx = idx[:n]
+                pos = torch.nonzero(mask).squeeze(1)
+                n_sel = int(pos.numel())
+                cutoff = int(pos[n - 1]) + 1 if n_sel >= n else n_draw
+                if grad and self.cfg.soft_selection:
+                    near = self._near_cut(f0[:cutoff], sigma[:cutoff], amplitude) & ~mask[:cutoff]
+                    idx = torch.nonzero(mask[:cutoff] | near).squeeze(1)
+                else:
+                    idx = pos[:n]
             theta_all = theta
             theta = theta_all[idx]
             if grad:
                 f = self.model.fluxes(theta)
+                if self.cfg.soft_selection:
+                    sp = self._selection_prob(f, sigma[idx], amplitude)
+                    weights = mask[idx].to(f.dtype) + (sp - sp.detach())
                 if pull > 0 and n_sel < n_draw:
                     penalty = self._pull_penalty(theta_all, delta, mask, amplitude, gen, n, pull)
             else:
@@ -419,7 +437,29 @@ class Trainer:
         with torch.set_grad_enabled(grad):
             z = theta[:, self.z_index] if self.use_z else None
             feats = self.feat(noisy, z) if noisy.shape[0] else noisy.new_zeros((0, self.x_train.shape[1]))
-        return feats, theta, noisy, n_sel, penalty
+        return feats, weights, theta, noisy, n_sel, penalty
+
+    def _cut_params(self, flux: torch.Tensor, sigma: torch.Tensor, amplitude: float):
+        """Per cut: (band flux, flux at the cut, smooth width, sign) -- sign +1 for '<' (brighter passes)."""
+        out = []
+        for c in self.cuts:
+            j = self.bands.index(c.band)
+            f_cut = 10.0 ** (-0.4 * (c.value - 22.5))
+            width = torch.sqrt((amplitude * sigma[:, j]) ** 2 + (self.cfg.soft_width * f_cut) ** 2)
+            out.append((flux[:, j], f_cut, width, 1.0 if c.op in ("<", "<=") else -1.0))
+        return out
+
+    def _near_cut(self, flux, sigma, amplitude) -> torch.Tensor:
+        near = torch.zeros(flux.shape[0], dtype=torch.bool, device=flux.device)
+        for fj, f_cut, width, _ in self._cut_params(flux, sigma, amplitude):
+            near |= (fj - f_cut).abs() < 3.0 * width
+        return near
+
+    def _selection_prob(self, flux, sigma, amplitude) -> torch.Tensor:
+        p = torch.ones(flux.shape[0], device=flux.device, dtype=flux.dtype)
+        for fj, f_cut, width, sign in self._cut_params(flux, sigma, amplitude):
+            p = p * torch.special.ndtr(sign * (fj - f_cut) / width)
+        return p
 
     def _pull_penalty(self, theta_all, delta, mask, amplitude, gen, n, pull):
         """Selection pull: ``pull * (rejected fraction) * mean softplus-distance (mag) beyond the cuts``
@@ -460,16 +500,18 @@ class Trainer:
         idx = torch.randint(0, x.shape[0], (self.cfg.obs_cap,), generator=gen, device=x.device)
         return x[idx]
 
-    def train_loss(self, pred: torch.Tensor, obs: torch.Tensor, gen: torch.Generator, blur: float | None) -> torch.Tensor:
+    def train_loss(self, pred: torch.Tensor, obs: torch.Tensor, gen: torch.Generator, blur: float | None,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.loss == "sliced":
-            return sliced_wasserstein(pred, obs, n_proj=self.cfg.n_proj, p=self.cfg.sliced_p, generator=gen)
-        return self.sinkhorn(pred, obs, blur)
+            return sliced_wasserstein(pred, obs, n_proj=self.cfg.n_proj, p=self.cfg.sliced_p, generator=gen,
+                                      x_weights=weights)
+        return self.sinkhorn(pred, obs, blur, weights)
 
     @torch.no_grad()
     def validate(self, ms: MemberState) -> float:
         g = self._generator(ms.seed + 7919)  # the same stream at every validation
         n_draw = int(self.cfg.val_draw_factor * self.cfg.batch) if self.cuts else self.cfg.batch
-        feats, _, _, _, _ = self.predict(ms.flow, g, n_draw, 1.0, n_draw, grad=False)
+        feats = self.predict(ms.flow, g, n_draw, 1.0, n_draw, grad=False)[0]
         if feats.shape[0] < 2:
             return math.inf
         return float(sliced_wasserstein(feats, self.x_val, p=self.cfg.sliced_p, directions=self._val_dirs))
@@ -483,15 +525,15 @@ class Trainer:
         for g in ms.opt.param_groups:
             g["lr"] = lr
         n_draw = self._n_draw(ms)
-        feats, theta, noisy, n_sel, pen = self.predict(ms.flow, ms.gen, cfg.batch, amp, n_draw, grad=True,
-                                                       pull=cfg.selection_pull)
+        feats, weights, theta, noisy, n_sel, pen = self.predict(ms.flow, ms.gen, cfg.batch, amp, n_draw, grad=True,
+                                                                pull=cfg.selection_pull)
         if self.cuts:
             ms.accept = 0.8 * ms.accept + 0.2 * (n_sel / n_draw) if i > 0 else max(n_sel / n_draw, 1e-3)
         obs = self._obs_batch(ms.gen)
         ms.opt.zero_grad(set_to_none=True)
         loss_v = math.nan
-        if feats.shape[0] >= 2:
-            loss = self.train_loss(feats, obs, ms.gen, blur)
+        if feats.shape[0] >= 2 and (weights is None or float(weights.detach().sum()) >= 2):
+            loss = self.train_loss(feats, obs, ms.gen, blur, weights)
             loss_v = float(loss.detach())
             if pen is not None:
                 loss = loss + pen
