@@ -17,7 +17,7 @@ import panel as pn
 import param
 from panel.theme.fast import Fast
 
-from popsed_viz.base import as_reader
+from popsed_viz.base import C, L, as_reader
 from popsed_viz.jobs import (DEFAULT_FIT, FitJob, default_runs_dir, new_run_dir, safe_filename, sample_catalog,
                              sample_run_dir)
 from popsed_viz.monitor import TrainingMonitor
@@ -96,33 +96,34 @@ class Dashboard(param.Parameterized):
 
     # ---------------------------------------------------------------- widgets
     def _build_widgets(self):
-        self.run_select = pn.widgets.Select(name="Runs found", options=self._run_options(), sizing_mode="stretch_width")
-        self.run_input = pn.widgets.TextInput(name="Run directory", value=self.run_path, sizing_mode="stretch_width",
+        self.run_select = pn.widgets.Select(**L("Runs found"), options=self._run_options(), sizing_mode="stretch_width")
+        self.run_input = pn.widgets.TextInput(**L("Run directory"), value=self.run_path, sizing_mode="stretch_width",
                                               placeholder="path/to/run")
-        self.open_button = pn.widgets.Button(name="Open", button_type="primary", width=80)
-        self.rescan_button = pn.widgets.Button(name="↻", width=45, description="rescan the runs directory")
+        self.open_button = pn.widgets.Button(**L("Open"), **C("primary"), width=80)
+        self.rescan_button = pn.widgets.Button(**L("↻"), width=45, description="rescan the runs directory")
         self.open_button.on_click(lambda e: self.open_run(self.run_input.value))
         self.rescan_button.on_click(lambda e: self._rescan())
         self.run_select.param.watch(self._on_select, "value")
 
-        self.z_slider = pn.widgets.RangeSlider.from_param(self.population.param.z_range, name="Redshift range",
+        self.z_slider = pn.widgets.RangeSlider.from_param(self.population.param.z_range, **L("Redshift range"),
                                                           step=0.005, format="0.000", sizing_mode="stretch_width")
-        self.member_select = pn.widgets.Select.from_param(self.population.param.member, name="Ensemble",
+        self.member_select = pn.widgets.Select.from_param(self.population.param.member, **L("Ensemble"),
                                                           sizing_mode="stretch_width")
         self.truth_toggle = pn.widgets.Checkbox.from_param(self.population.param.show_truth,
-                                                           name="Overlay truth (mock runs)")
+                                                           **L("Overlay truth (mock runs)"))
         self.population.param.watch(self._sync_member, "member")
 
-        self.catalog_choice = pn.widgets.RadioButtonGroup(name="Catalog", options=["sample catalog", "upload"],
-                                                          value="sample catalog", button_type="light")
+        self.catalog_choice = pn.widgets.RadioButtonGroup(**L("Catalog"), options=["sample catalog", "upload"],
+                                                          value="sample catalog", **C("light"))
         self.upload = pn.widgets.FileInput(accept=",".join(CATALOG_SUFFIXES), multiple=False,
                                            sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
-        self.steps_input = pn.widgets.IntInput(name="Steps", value=DEFAULT_FIT["steps"], start=1, step=50, width=120)
-        self.members_input = pn.widgets.IntInput(name="Members", value=DEFAULT_FIT["members"], start=1, end=16,
-                                                 width=120)
-        self.start_button = pn.widgets.Button(name="▶ Start fit", button_type="success", sizing_mode="stretch_width")
-        self.stop_button = pn.widgets.Button(name="■ Stop fit", button_type="danger", disabled=True,
+        self.steps_input = pn.widgets.IntInput(**L("Steps"), value=DEFAULT_FIT["steps"], start=1, step=50, width=90)
+        self.members_input = pn.widgets.IntInput(**L("Members"), value=DEFAULT_FIT["members"], start=1, end=16,
+                                                 width=90)
+        self.batch_input = pn.widgets.IntInput(**L("Batch"), value=DEFAULT_FIT["batch"], start=64, step=256, width=100)
+        self.start_button = pn.widgets.Button(**L("▶ Start fit"), **C("success"), sizing_mode="stretch_width")
+        self.stop_button = pn.widgets.Button(**L("■ Stop fit"), **C("danger"), disabled=True,
                                              sizing_mode="stretch_width")
         self.start_button.on_click(lambda e: self.start_fit())
         self.stop_button.on_click(lambda e: self.stop_fit())
@@ -231,7 +232,8 @@ class Dashboard(param.Parameterized):
                 return None
         out = new_run_dir(self.runs_dir, label)
         try:
-            self.job = FitJob(catalog, out, steps=self.steps_input.value, members=self.members_input.value).start()
+            self.job = FitJob(catalog, out, steps=self.steps_input.value, members=self.members_input.value,
+                              batch=self.batch_input.value).start()
         except OSError as exc:
             self._job_say(f"Could not start the fit: {exc}", "danger")
             return None
@@ -291,7 +293,7 @@ class Dashboard(param.Parameterized):
             pn.pane.Markdown("### Fit in the background"),
             self.catalog_choice,
             self.upload,
-            pn.Row(self.steps_input, self.members_input),
+            pn.Row(self.steps_input, self.members_input, self.batch_input),
             pn.Row(self.start_button, self.stop_button, sizing_mode="stretch_width"),
             self._alert(self.param.job_text, self.param.job_level),
             pn.pane.Markdown(f"New runs go to `{self.runs_dir}`.", styles={"font-size": "0.8em"}),

@@ -8,7 +8,22 @@ import param
 
 from popsed_viz.reader import RunReader
 
-__all__ = ["RunView", "as_reader"]
+__all__ = ["RunView", "as_reader", "L", "C"]
+
+_LABEL_KW = "label" if "label" in pn.widgets.Button.param else "name"
+
+
+_COLOR_KW = "color" if "color" in pn.widgets.Button.param else "button_type"
+
+
+def C(kind: str) -> dict:
+    """Button colour keyword: ``color`` (newer Panel; ``button_type`` is deprecated there) or ``button_type``."""
+    return {_COLOR_KW: kind}
+
+
+def L(text: str) -> dict:
+    """Widget caption keyword: ``label`` (Panel ≥ 1.8; ``name`` is deprecated there) or ``name``."""
+    return {_LABEL_KW: text}
 
 
 def as_reader(run) -> RunReader:

@@ -23,7 +23,7 @@ __all__ = ["FitJob", "REPO_ROOT", "default_runs_dir", "sample_run_dir", "sample_
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Default settings of a fit started from the dashboard (small: it is a demo / check).
-DEFAULT_FIT = {"steps": 200, "members": 2}
+DEFAULT_FIT = {"steps": 300, "members": 2, "batch": 1024}
 
 
 def sample_run_dir() -> Path:
@@ -57,9 +57,14 @@ def new_run_dir(runs_dir: Path, label: str = "fit") -> Path:
 
 
 def fit_command(catalog: str | os.PathLike, out: str | os.PathLike, steps: int | None = None,
-                members: int | None = None, extra: list[str] | None = None) -> list[str]:
-    """The command line of a background fit (the project's own ``popsed fit``)."""
-    cmd = [sys.executable, "-m", "engine.cli", "fit", str(catalog), "--out", str(out)]
+                members: int | None = None, extra: list[str] | None = None, batch: int | None = None) -> list[str]:
+    """The command line of a background fit (the project's own ``popsed fit``).
+
+    ``$POPSED_APP_FIT_ARGS`` adds options (e.g. ``--loss sinkhorn --device cuda``).
+    """
+    cmd = [sys.executable, "-m", "engine.cli", "fit", str(catalog), "--out", str(out), "--no-progress"]
+    if batch:
+        cmd += ["--batch", str(int(batch))]
     if steps:
         cmd += ["--steps", str(int(steps))]
     if members:
@@ -72,10 +77,10 @@ class FitJob:
     """One background ``popsed fit`` process."""
 
     def __init__(self, catalog, out, steps: int | None = None, members: int | None = None,
-                 extra: list[str] | None = None):
+                 extra: list[str] | None = None, batch: int | None = None):
         self.catalog = Path(catalog)
         self.out = Path(out)
-        self.cmd = fit_command(catalog, out, steps, members, extra)
+        self.cmd = fit_command(catalog, out, steps, members, extra, batch)
         self.log_path = self.out.with_name(self.out.name + ".log")
         self.proc: subprocess.Popen | None = None
         self.started = None

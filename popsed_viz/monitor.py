@@ -17,7 +17,7 @@ import panel as pn
 import param
 
 from popsed_viz import plots as P
-from popsed_viz.base import RunView
+from popsed_viz.base import L, RunView
 from popsed_viz.reader import STEP_COLUMNS, steps_frame
 
 __all__ = ["TrainingMonitor", "format_duration"]
@@ -169,11 +169,12 @@ class TrainingMonitor(RunView):
         parts = []
         for k in sorted(self._member_status):
             ev = self._member_status[k]
-            status = ev.get("status", "?")
-            icon = "✅" if status == "converged" else "⚠️"
+            status = str(ev.get("status", "?"))
             bv = ev.get("best_val_loss")
             bvs = f"{bv:.4g}" if isinstance(bv, (int, float)) else "—"
-            parts.append(f"{icon} member {k}: {status}, best val {bvs}")
+            at = f" at step {ev['best_step']}" if isinstance(ev.get("best_step"), int) else ""
+            status = f"**{status}**" if status == "converged" else f"**⚠ {status}**"
+            parts.append(f"member {k}: {status}, best val. loss {bvs}{at}")
         self.members_text = "  \n".join(parts)
 
     # ----------------------------------------------------------------- plots
@@ -181,8 +182,8 @@ class TrainingMonitor(RunView):
     def _loss_overlay(data: pd.DataFrame):
         xd, yd = hv.Dimension("step"), hv.Dimension("loss", label="loss (OT distance)")
         curves = []
-        if data is None or len(data) == 0:
-            return hv.Overlay([hv.Curve([], kdims=[xd], vdims=[yd], label="train")])
+        if data is None or len(data) == 0:  # explicit range: a log axis cannot autorange nothing
+            return hv.Overlay([hv.Curve([], kdims=[xd], vdims=[yd], label="train")]).opts(ylim=(1e-3, 10))
         for k, g in data.groupby("member", sort=True):
             color = P.PALETTE[int(k) % len(P.PALETTE)]
             tr = g[["step", "train_loss"]]
@@ -208,7 +209,7 @@ class TrainingMonitor(RunView):
     def _schedule(data: pd.DataFrame, col: str, label: str):
         xd, yd = hv.Dimension("step"), hv.Dimension(col, label=label)
         if data is None or len(data) == 0:
-            return hv.Curve([], xd, yd)
+            return hv.Curve([], xd, yd).opts(ylim=(1e-6, 1) if col == "lr" else (0, 1))
         g = data[data["member"] == data["member"].min()]
         g = g[np.isfinite(g[col])]
         return hv.Curve((g["step"].to_numpy(), g[col].to_numpy()), xd, yd)
@@ -232,11 +233,11 @@ class TrainingMonitor(RunView):
         def speed(v):
             return f"{v:.2f}" if v is not None and math.isfinite(v) else "—"
 
-        steps = pn.bind(lambda n: pn.indicators.Number(name="steps recorded", value=n, format="{value:,}",
+        steps = pn.bind(lambda n: pn.indicators.Number(**L("steps recorded"), value=n, format="{value:,}",
                                                        font_size="28pt", title_size="11pt"), self.param.n_steps)
-        rate = pn.bind(lambda v: pn.indicators.String(name="steps / s", value=speed(v), font_size="28pt",
+        rate = pn.bind(lambda v: pn.indicators.String(**L("steps / s"), value=speed(v), font_size="28pt",
                                                       title_size="11pt"), self.param.steps_per_s)
-        eta = pn.bind(lambda v: pn.indicators.String(name="ETA", value=format_duration(v), font_size="28pt",
+        eta = pn.bind(lambda v: pn.indicators.String(**L("ETA"), value=format_duration(v), font_size="28pt",
                                                      title_size="11pt"), self.param.eta_s)
         bar = pn.indicators.Progress(value=0, max=100, width=300, bar_color="primary")
 

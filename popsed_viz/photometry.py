@@ -13,7 +13,7 @@ import panel as pn
 import param
 
 from popsed_viz import plots as P
-from popsed_viz.base import RunView
+from popsed_viz.base import L, RunView
 from popsed_viz.population import POOLED, converged_members, member_mask, member_options
 from popsed_viz.reader import colour_pairs, short_band
 
@@ -206,8 +206,8 @@ class PhotometryView(RunView):
                          sizing_mode="stretch_width")
 
     def controls(self):
-        return pn.Column(pn.widgets.Select.from_param(self.param.member, name="Ensemble"),
-                         pn.widgets.RadioButtonGroup.from_param(self.param.source, name="Predicted"))
+        return pn.Column(pn.widgets.Select.from_param(self.param.member, **L("Ensemble")),
+                         pn.widgets.RadioButtonGroup.from_param(self.param.source, **L("Predicted")))
 
     def panel(self, controls: bool = True):
         if not controls:

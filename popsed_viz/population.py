@@ -13,7 +13,7 @@ import panel as pn
 import param
 
 from popsed_viz import plots as P
-from popsed_viz.base import RunView
+from popsed_viz.base import L, RunView
 
 __all__ = ["PopulationView", "member_options", "member_mask"]
 
@@ -355,9 +355,9 @@ class PopulationView(RunView):
 
     def controls(self):
         return pn.Column(
-            pn.widgets.RangeSlider.from_param(self.param.z_range, name="Redshift range", step=0.005, format="0.000"),
-            pn.widgets.Select.from_param(self.param.member, name="Ensemble"),
-            pn.widgets.Checkbox.from_param(self.param.show_truth, name="Overlay truth (mocks)"),
+            pn.widgets.RangeSlider.from_param(self.param.z_range, **L("Redshift range"), step=0.005, format="0.000"),
+            pn.widgets.Select.from_param(self.param.member, **L("Ensemble")),
+            pn.widgets.Checkbox.from_param(self.param.show_truth, **L("Overlay truth (mocks)")),
         )
 
     def plots(self):
@@ -374,7 +374,7 @@ class PopulationView(RunView):
     def corner_panel(self):
         """The corner plot with its parameter chooser (drawn when first shown)."""
         return pn.Column(
-            pn.widgets.MultiChoice.from_param(self.param.corner_params, name="Corner-plot parameters", max_items=8,
+            pn.widgets.MultiChoice.from_param(self.param.corner_params, **L("Corner-plot parameters"), max_items=8,
                                               width=700),
             pn.pane.Markdown("Learned population (density, datashader) with the truth's 1-D distributions "
                              "(blue outlines) for mock runs; the redshift cut and member choice apply.",
