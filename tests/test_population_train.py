@@ -1,0 +1,110 @@
+"""Trainer tests on the analytic toy forward model: gradients, noise, selection, and a CI-sized recovery."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.population.flow import FlowConfig
+from engine.population.noise import NoiseModel
+from engine.population.selection import parse_selection, selection_mask
+from engine.population.toy import ToyForwardModel, make_toy_catalog
+from engine.population.train import TrainConfig, Trainer, prepare_observed
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _trainer(n=2000, seed=3, sky=0.6, cut="toy-r<20.5", steps=250, batch=512, use_cuts=True, **kw):
+    cat, truth, _ = make_toy_catalog(n, seed=seed, sky_sigma=sky, mag_limit=20.5)
+    nm = NoiseModel.fit(cat.flux, cat.flux_err, cat.bands)
+    cuts = parse_selection(cut)
+    cfg = TrainConfig(members=1, steps=steps, batch=batch, val_every=10, seed=0,
+                      flow=FlowConfig(layers=4, hidden=32), lr=3e-3, **kw)
+    obs = prepare_observed(cat.flux, cat.flux_err, cat.bands, cat.z_spec, cuts, "free", 0.15, 0)
+    tr = Trainer(ToyForwardModel(), obs, nm, cuts if use_cuts else [], cfg, "cpu")
+    return tr, cat, nm, cuts
+
+
+def _w1_over_sd(a, b):
+    q = np.linspace(0.005, 0.995, 200)
+    return float(np.mean(np.abs(np.quantile(a, q) - np.quantile(b, q))) / np.std(b))
+
+
+def _selected_population(tr, ms, nm, cuts, n=30000):
+    """Population samples passing the *real* selection with the catalog's noise (independent of the trainer)."""
+    with torch.no_grad():
+        th = ms.flow.sample(n, torch.Generator().manual_seed(9))
+        noisy = nm.apply(tr.model.fluxes(th), 1.0, torch.Generator().manual_seed(10))
+        return th[selection_mask(noisy, tr.bands, cuts)].numpy()
+
+
+def test_gradients_reach_every_flow_layer():
+    tr, *_ = _trainer(n=600, steps=5)
+    ms = tr.new_member(0)
+    before = {k: v.clone() for k, v in ms.flow.state_dict().items()}
+    tr.step(ms)
+    named = dict(ms.flow.named_parameters())
+    with_grad = [k for k, p in named.items() if p.grad is not None and float(p.grad.abs().sum()) > 0]
+    # every coupling layer's conditioner output layer receives gradient
+    finals = [k for k in named if k.endswith("final_layer.weight")]
+    assert finals and all(k in with_grad for k in finals)
+    changed = [k for k, v in ms.flow.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) >= len(finals)
+
+
+def test_noise_is_applied_to_predictions():
+    tr, cat, nm, cuts = _trainer(n=600, steps=5)
+    ms = tr.new_member(0)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        _, _, th0, noisy0, _, _ = tr.predict(ms.flow, g1, 400, 0.0, 4000, grad=False)
+        _, _, th1, noisy1, _, _ = tr.predict(ms.flow, g2, 400, 1.0, 4000, grad=False)
+        clean0 = tr.model.fluxes(th0)
+        clean1 = tr.model.fluxes(th1)
+    assert torch.allclose(noisy0, clean0)  # amplitude 0: noise-free
+    resid = (noisy1 - clean1) / torch.pow(10.0, nm.sigma_params(clean1)[0])
+    assert 0.7 < float(resid.std()) < 1.5  # amplitude 1: the catalog's noise level
+
+
+def test_only_selected_predictions_enter_the_loss():
+    tr, cat, nm, cuts = _trainer(n=600, steps=5)
+    ms = tr.new_member(0)
+    g = torch.Generator().manual_seed(2)
+    feats, w, th, noisy, n_sel, _ = tr.predict(ms.flow, g, 300, 1.0, 3000, grad=True)
+    assert w is not None and w.requires_grad
+    hard = w.detach() > 0.5
+    assert torch.all(selection_mask(noisy.detach(), tr.bands, cuts) == hard)
+    assert 0 < int(hard.sum()) <= 300
+    assert set(torch.unique(w.detach()).tolist()) <= {0.0, 1.0}
+    with torch.no_grad():
+        _, w2, _, noisy2, _, _ = tr.predict(ms.flow, g, 300, 1.0, 3000, grad=False)
+    assert w2 is None and bool(selection_mask(noisy2, tr.bands, cuts).all())
+
+
+def test_ci_recovery_moves_population_toward_truth():
+    """~2000 galaxies, 250 steps: the selected part of the learned population approaches the truth.
+
+    Measured (this configuration): log_mstar W1/sd 1.86 -> 0.19, z 0.63 -> 0.09, tau2 1.66 -> 0.14.
+    Sabotaged variants of the same run (checked by hand): learning rate 0 (no gradient) stays at 1.86;
+    noise switched off -> log_mstar 0.74, tau2 0.54; selection ignored in training -> tau2 0.21, z 0.12,
+    sum over parameters 0.56.  The thresholds below separate these.
+    """
+    tr, cat, nm, cuts = _trainer()
+    ms = tr.new_member(0)
+    p0 = _selected_population(tr, ms, nm, cuts)
+    events = list(tr.iter_member(ms))
+    assert events[-1]["event"] == "member_done" and events[-1]["status"] == "converged"
+    assert [e["step"] for e in events[:-1]] == list(range(250))
+    p1 = _selected_population(tr, ms, nm, cuts)
+    w0 = [_w1_over_sd(p0[:, j], cat.truth[:, j]) for j in range(3)]
+    w1 = [_w1_over_sd(p1[:, j], cat.truth[:, j]) for j in range(3)]
+    assert w1[1] <= 0.5 * w0[1], (w0, w1)  # log_mstar W1 halves (at least)
+    assert w1[1] < 0.3 and w1[0] < 0.15 and w1[2] < 0.18, w1
+    assert sum(w1) < 0.5, w1
+    assert events[-1]["best_val_loss"] < 1.3 * tr.noise_floor

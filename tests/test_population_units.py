@@ -1,0 +1,273 @@
+"""Unit tests of engine.population building blocks (fast)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import ModelFileError, PopsedError
+from engine.population.bounds import BoxBijection
+from engine.population.flow import FlowConfig, PopulationFlow
+from engine.population.losses import BlurSchedule, SinkhornLoss, sliced_wasserstein
+from engine.population.noise import NoiseModel, asinh_mag, pogson_mag
+from engine.population.selection import SelectionError, check_cuts, parse_selection, selection_mask
+from engine.population.train import TrainConfig, ensemble_report
+
+SPS_BOUNDS = torch.tensor([[0, 0.65], [7, 13], [0, 1], [0, 1], [0, 1], [0.01, 13.27], [0, 1], [-2.3, 0.4],
+                           [-3, 1], [0, 3], [0, 3]], dtype=torch.float32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------ bijection
+def test_bijection_strictly_inside_even_when_saturated():
+    b = BoxBijection(SPS_BOUNDS)
+    u = torch.tensor([[-1e30] * 11, [1e30] * 11, [-50.0] * 11, [50.0] * 11, [0.0] * 11])
+    th = b(u)
+    assert torch.all(th > SPS_BOUNDS[:, 0]) and torch.all(th < SPS_BOUNDS[:, 1])
+    assert torch.isfinite(th).all()
+
+
+def test_bijection_roundtrip_and_gradient():
+    b = BoxBijection(SPS_BOUNDS)
+    u = torch.randn(1000, 11, generator=torch.Generator().manual_seed(0)) * 2
+    u.requires_grad_(True)
+    th = b(u)
+    ud = u.detach().double()
+    assert torch.allclose(b.inverse(b(ud)), ud, atol=1e-6)  # float64 round trip
+    assert torch.allclose(b.inverse(th.detach())[u.detach().abs() < 2], u.detach()[u.detach().abs() < 2], atol=2e-2)
+    th.sum().backward()
+    assert torch.all(u.grad > 0)  # monotone increasing, never flat in the bulk
+
+
+def test_standard_normal_maps_to_nearly_uniform():
+    b = BoxBijection(torch.tensor([[7.0, 13.0], [0.0, 1.0]]))
+    th = b(torch.randn(200000, 2, generator=torch.Generator().manual_seed(1)))
+    frac = ((th[:, 0] - 7) / 6).numpy()
+    hist = np.histogram(frac, bins=10, range=(0, 1))[0] / frac.size
+    assert np.all(np.abs(hist - 0.1) < 0.02), hist
+
+
+def test_bijection_rejects_bad_bounds():
+    with pytest.raises(ValueError):
+        BoxBijection(torch.tensor([[1.0, 0.0]]))
+
+
+# ------------------------------------------------------------------ flow
+def test_flow_initial_population_is_broad_and_inside():
+    flow = PopulationFlow(SPS_BOUNDS, FlowConfig(layers=2, hidden=16))
+    th = flow.sample(20000, torch.Generator().manual_seed(0))
+    lo, hi = SPS_BOUNDS[:, 0], SPS_BOUNDS[:, 1]
+    assert torch.all(th > lo) and torch.all(th < hi)
+    span = (th.quantile(0.95, dim=0) - th.quantile(0.05, dim=0)) / (hi - lo)
+    assert torch.all(span > 0.8), span
+
+
+def test_flow_sampling_is_reproducible_and_differentiable():
+    torch.manual_seed(0)
+    flow = PopulationFlow(SPS_BOUNDS, FlowConfig(layers=2, hidden=16))
+    a = flow.sample(100, torch.Generator().manual_seed(5))
+    b = flow.sample(100, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    a.pow(2).sum().backward()
+    grads = [p.grad for p in flow.parameters() if p.requires_grad]
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+
+
+def test_reference_flow_config():
+    from engine.population.flow import REFERENCE_FLOW, build_reference_transform
+    from nflows import transforms
+
+    t = build_reference_transform(11)
+    kinds = [type(x).__name__ for x in t._transforms]
+    assert kinds.count("PiecewiseRationalQuadraticCouplingTransform") == 20
+    assert kinds.count("LULinear") == 20
+    c = t._transforms[0]
+    assert c.num_bins == 60 and c.tail_bound == 3.0 and REFERENCE_FLOW.hidden == 100
+    assert isinstance(t, transforms.CompositeTransform)
+
+
+# ------------------------------------------------------------------ losses
+def test_sliced_wasserstein_shift_and_identity():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 1, generator=g)
+    assert float(sliced_wasserstein(x, x, n_proj=8, p=1, generator=g)) == pytest.approx(0.0, abs=1e-6)
+    # 1-D: W1 of a shift is the shift (directions are +-1)
+    assert float(sliced_wasserstein(x, x + 0.7, n_proj=8, p=1, generator=g)) == pytest.approx(0.7, rel=1e-4)
+    assert float(sliced_wasserstein(x, x + 0.7, n_proj=8, p=2, generator=g)) == pytest.approx(0.7, rel=1e-4)
+
+
+def test_sliced_wasserstein_unequal_sizes_and_weights():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3000, 4, generator=g)
+    y = torch.randn(1000, 4, generator=g) + 1.0
+    d = torch.randn(4, 64, generator=g)
+    d = d / d.norm(dim=0)
+    a = sliced_wasserstein(x, y, directions=d)
+    w = torch.ones(3000)
+    b = sliced_wasserstein(x, y, directions=d, x_weights=w)
+    assert float(a) == pytest.approx(float(b), rel=0.02)
+    # zero weights remove points exactly
+    w2 = torch.ones(3000)
+    w2[::2] = 0
+    c = sliced_wasserstein(x, y, directions=d, x_weights=w2)
+    e = sliced_wasserstein(x[1::2], y, directions=d, x_weights=torch.ones(1500))
+    assert float(c) == pytest.approx(float(e), rel=1e-5)
+
+
+def test_sliced_wasserstein_gradient_moves_toward_target():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(500, 3, generator=g).requires_grad_(True)
+    y = torch.randn(500, 3, generator=g) + torch.tensor([2.0, 0.0, 0.0])
+    sliced_wasserstein(x, y, n_proj=100, generator=g).backward()
+    assert float(x.grad[:, 0].mean()) < 0  # descent direction increases x_0
+    w = torch.full((500,), 1.0, requires_grad=True)
+    sliced_wasserstein(x.detach(), y, n_proj=50, generator=g, x_weights=w).backward()
+    assert torch.isfinite(w.grad).all() and float(w.grad.abs().sum()) > 0
+
+
+def test_sliced_fresh_directions_each_call():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 5, generator=g)
+    y = torch.randn(300, 5, generator=g) * 1.5
+    assert float(sliced_wasserstein(x, y, n_proj=10, generator=g)) != float(sliced_wasserstein(x, y, n_proj=10, generator=g))
+
+
+def test_sinkhorn_loss_small():
+    loss = SinkhornLoss(p=1, scaling=0.8)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g)
+    y = x + torch.tensor([1.0, 0.0, 0.0])
+    near = float(loss(x, x.clone(), 0.05))
+    far = float(loss(x, y, 0.05))
+    assert near == pytest.approx(0.0, abs=1e-3)
+    assert 0.7 < far < 1.05  # ~ W1 of a unit shift (entropic smoothing lowers it)
+    xw = x.clone().requires_grad_(True)
+    loss(xw, y, 0.05, torch.ones(200)).backward()
+    assert float(xw.grad[:, 0].mean()) < 0
+
+
+def test_blur_schedule():
+    s = BlurSchedule()
+    assert [s(i, 160) for i in (0, 10, 20, 30, 39, 40, 159)] == [0.3, 0.2, 0.1, 0.05, 0.05, 0.002, 0.002]
+
+
+# ------------------------------------------------------------------ noise
+def _synthetic_noise_catalog(n=20000, seed=0):
+    rng = np.random.default_rng(seed)
+    mag = rng.uniform(15, 22, size=(n, 2))
+    f = 10 ** (-0.4 * (mag - 22.5))
+    sig = np.sqrt(0.3**2 + 0.01 * f) * 10 ** (0.05 * rng.normal(size=f.shape))
+    return f + sig * rng.normal(size=f.shape), sig, f
+
+
+def test_noise_model_fit_recovers_sigma_and_roundtrips():
+    obs, sig, f = _synthetic_noise_catalog()
+    nm = NoiseModel.fit(obs, sig, ("a", "b"))
+    mu, sc = nm.sigma_params(torch.tensor(f[:2000], dtype=torch.float32))
+    expect = np.log10(np.sqrt(0.3**2 + 0.01 * f[:2000]))
+    assert np.median(np.abs(mu.numpy() - expect)) < 0.03
+    assert np.median(sc.numpy()) == pytest.approx(0.05, abs=0.02)
+    assert nm.per_band["a"].softening == pytest.approx(1.042 * np.median(sig[:, 0]))
+    nm2 = NoiseModel.from_json(nm.to_json())
+    assert nm2.to_dict() == json.loads(nm.to_json())
+    with pytest.raises(ModelFileError):
+        NoiseModel.from_json('{"format": "something-else"}')
+    with pytest.raises(ModelFileError):
+        NoiseModel.from_json("{not json")
+
+
+def test_noise_apply_scatter_negative_fluxes_and_amplitude():
+    obs, sig, f = _synthetic_noise_catalog()
+    nm = NoiseModel.fit(obs, sig, ("a", "b"))
+    faint = torch.full((50000, 2), 0.2)
+    g = torch.Generator().manual_seed(0)
+    noisy = nm.apply(faint, 1.0, g)
+    assert float((noisy < 0).float().mean()) > 0.2  # negative fluxes kept, not clamped or re-drawn
+    mu, sc = nm.sigma_params(faint[:1])
+    expect = float(torch.sqrt(10 ** (2 * mu[0, 0]) * torch.exp(2 * (sc[0, 0] * math.log(10)) ** 2)))
+    assert 0.28 < expect < 0.36  # sky-limited sigma 0.3 plus the faintest bin's Poisson term
+    assert float((noisy - faint)[:, 0].std()) == pytest.approx(expect, rel=0.03)
+    assert torch.equal(nm.apply(faint, 0.0, g), faint)
+    half = nm.apply(faint, 0.5, g)
+    assert float((half - faint)[:, 0].std()) == pytest.approx(expect / 2, rel=0.03)
+    x = faint.clone().requires_grad_(True)
+    nm.apply(x, 1.0, g).sum().backward()
+    assert torch.allclose(x.grad, torch.ones_like(x))
+
+
+def test_noise_fit_refuses_bands_without_errors():
+    from engine.errors import CatalogError
+
+    with pytest.raises(CatalogError, match="band b"):
+        NoiseModel.fit(np.ones((100, 2)), np.c_[np.ones(100), np.full(100, np.nan)], ("a", "b"))
+
+
+def test_asinh_magnitudes():
+    f = np.array([1e4, 100.0, 1.0, 0.0, -1.0])
+    m = asinh_mag(f, 0.5)
+    assert m[0] == pytest.approx(22.5 - 2.5 * 4, abs=1e-6)
+    assert m[1] == pytest.approx(22.5 - 2.5 * 2, abs=1e-4)
+    assert np.all(np.isfinite(m)) and np.all(np.diff(m) > 0)
+    mt = asinh_mag(torch.tensor(f), 0.5)
+    assert np.allclose(mt.numpy(), m)
+    assert np.isinf(pogson_mag(np.array([-1.0]))[0])
+
+
+# ------------------------------------------------------------------ selection
+def test_parse_selection_forms_and_errors():
+    cuts = parse_selection(["sdss2010-r<19.8,sdss2010-g >= 15", "galex-nuv<=23.1"])
+    assert [(c.band, c.op, c.value) for c in cuts] == [("sdss2010-r", "<", 19.8), ("sdss2010-g", ">=", 15.0),
+                                                       ("galex-nuv", "<=", 23.1)]
+    assert str(cuts[0]) == "sdss2010-r<19.8"
+    for bad in ["sdss2010-r", "r<<19", "r<abc", "<19"]:
+        with pytest.raises(SelectionError):
+            parse_selection(bad)
+    with pytest.raises(SelectionError, match="not among the fitted bands"):
+        check_cuts(parse_selection("sdss2010-i<19"), ("sdss2010-r",))
+    assert isinstance(SelectionError("x"), PopsedError)
+
+
+def test_selection_mask_semantics():
+    r19_8 = 10 ** (-0.4 * (19.8 - 22.5))
+    flux = np.array([[r19_8 * 1.01], [r19_8 * 0.99], [-1.0], [np.nan]])
+    cuts = parse_selection("r<19.8")
+    assert selection_mask(flux, ["r"], cuts).tolist() == [True, False, False, False]
+    assert selection_mask(torch.tensor(flux), ["r"], cuts).tolist() == [True, False, False, False]
+    assert selection_mask(flux, ["r"], parse_selection("r>19.8")).tolist() == [False, True, True, False]
+
+
+# ------------------------------------------------------------------ schedules, report
+def test_schedules():
+    cfg = TrainConfig(steps=101, lr=1e-3, pct_start=0.1, noise_ramp=0.5)
+    lrs = [cfg.lr_at(i) for i in range(101)]
+    assert max(lrs) == pytest.approx(1e-3) and int(np.argmax(lrs)) == 10
+    assert lrs[0] == pytest.approx(1e-3 / 25) and lrs[-1] < 1e-6
+    assert cfg.noise_at(0) == 0.0 and cfg.noise_at(25) == pytest.approx(25 / 50.5) and cfg.noise_at(60) == 1.0
+    ref = TrainConfig(steps=100, noise_shape="reference", noise_ramp=1.0)
+    assert ref.noise_at(0) == pytest.approx(1 / 31)
+    assert cfg.blur_at(0) is None and TrainConfig(loss="sinkhorn").blur_at(0) == 0.3
+    with pytest.raises(PopsedError):
+        TrainConfig(loss="energy")
+    assert TrainConfig(members=3, seed=1).member_seeds() == TrainConfig(members=3, seed=1).member_seeds()
+    assert len(set(TrainConfig(members=3, seed=1).member_seeds())) == 3
+
+
+def test_ensemble_report():
+    rows = [{"member": 0, "status": "converged", "best_val_loss": 0.10},
+            {"member": 1, "status": "converged", "best_val_loss": 0.12},
+            {"member": 2, "status": "converged", "best_val_loss": 0.50},
+            {"member": 3, "status": "converged", "best_val_loss": None},
+            {"member": 4, "status": "diverged", "best_val_loss": 0.09}]
+    rep = ensemble_report(rows, 1.5, 0.08)
+    assert rep["converged"] == [0, 1] and rep["dropped"] == [2, 3, 4]
+    assert all("note" in m for m in rep["members"] if m["status"] == "diverged")
