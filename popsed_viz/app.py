@@ -97,17 +97,17 @@ class Dashboard(param.Parameterized):
     # ---------------------------------------------------------------- widgets
     def _build_widgets(self):
         self.run_select = pn.widgets.Select(**L("Runs found"), options=self._run_options(), sizing_mode="stretch_width")
-        self.run_input = pn.widgets.TextInput(**L("Run directory"), value=self.run_path, sizing_mode="stretch_width",
+        self.run_input = pn.widgets.TextInput(css_classes=["popsed-run-input"], **L("Run directory"), value=self.run_path, sizing_mode="stretch_width",
                                               placeholder="path/to/run")
-        self.open_button = pn.widgets.Button(**L("Open"), **C("primary"), width=80)
+        self.open_button = pn.widgets.Button(css_classes=["popsed-open"], **L("Open"), **C("primary"), width=80)
         self.rescan_button = pn.widgets.Button(**L("↻"), width=45, description="rescan the runs directory")
         self.open_button.on_click(lambda e: self.open_run(self.run_input.value))
         self.rescan_button.on_click(lambda e: self._rescan())
         self.run_select.param.watch(self._on_select, "value")
 
-        self.z_slider = pn.widgets.RangeSlider.from_param(self.population.param.z_range, **L("Redshift range"),
+        self.z_slider = pn.widgets.RangeSlider.from_param(self.population.param.z_range, css_classes=["popsed-z"], **L("Redshift range"),
                                                           step=0.005, format="0.000", sizing_mode="stretch_width")
-        self.member_select = pn.widgets.Select.from_param(self.population.param.member, **L("Ensemble"),
+        self.member_select = pn.widgets.Select.from_param(self.population.param.member, css_classes=["popsed-member"], **L("Ensemble"),
                                                           sizing_mode="stretch_width")
         self.truth_toggle = pn.widgets.Checkbox.from_param(self.population.param.show_truth,
                                                            **L("Overlay truth (mock runs)"))
@@ -118,12 +118,12 @@ class Dashboard(param.Parameterized):
         self.upload = pn.widgets.FileInput(accept=",".join(CATALOG_SUFFIXES), multiple=False,
                                            sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
-        self.steps_input = pn.widgets.IntInput(**L("Steps"), value=DEFAULT_FIT["steps"], start=1, step=50, width=90)
-        self.members_input = pn.widgets.IntInput(**L("Members"), value=DEFAULT_FIT["members"], start=1, end=16,
+        self.steps_input = pn.widgets.IntInput(css_classes=["popsed-steps"], **L("Steps"), value=DEFAULT_FIT["steps"], start=1, step=50, width=90)
+        self.members_input = pn.widgets.IntInput(css_classes=["popsed-members"], **L("Members"), value=DEFAULT_FIT["members"], start=1, end=16,
                                                  width=90)
-        self.batch_input = pn.widgets.IntInput(**L("Batch"), value=DEFAULT_FIT["batch"], start=64, step=256, width=100)
-        self.start_button = pn.widgets.Button(**L("▶ Start fit"), **C("success"), sizing_mode="stretch_width")
-        self.stop_button = pn.widgets.Button(**L("■ Stop fit"), **C("danger"), disabled=True,
+        self.batch_input = pn.widgets.IntInput(css_classes=["popsed-batch"], **L("Batch"), value=DEFAULT_FIT["batch"], start=64, step=256, width=100)
+        self.start_button = pn.widgets.Button(css_classes=["popsed-start"], **L("▶ Start fit"), **C("success"), sizing_mode="stretch_width")
+        self.stop_button = pn.widgets.Button(css_classes=["popsed-stop"], **L("■ Stop fit"), **C("danger"), disabled=True,
                                              sizing_mode="stretch_width")
         self.start_button.on_click(lambda e: self.start_fit())
         self.stop_button.on_click(lambda e: self.stop_fit())
@@ -276,8 +276,9 @@ class Dashboard(param.Parameterized):
             self.job.stop(timeout=5.0)
 
     # ----------------------------------------------------------------- layout
-    def _alert(self, text_param, level_param):
-        return pn.bind(lambda t, l: pn.pane.Alert(t, alert_type=l or "info", visible=bool(t), margin=(5, 5)),
+    def _alert(self, text_param, level_param, css="popsed-status"):
+        return pn.bind(lambda t, l: pn.pane.Alert(t, alert_type=l or "info", visible=bool(t), margin=(5, 5),
+                                                  css_classes=[css]),
                        text_param, level_param)
 
     def sidebar(self):
@@ -295,7 +296,7 @@ class Dashboard(param.Parameterized):
             self.upload,
             pn.Row(self.steps_input, self.members_input, self.batch_input),
             pn.Row(self.start_button, self.stop_button, sizing_mode="stretch_width"),
-            self._alert(self.param.job_text, self.param.job_level),
+            self._alert(self.param.job_text, self.param.job_level, "popsed-job"),
             pn.pane.Markdown(f"New runs go to `{self.runs_dir}`.", styles={"font-size": "0.8em"}),
         ]
 

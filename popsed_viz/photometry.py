@@ -27,14 +27,27 @@ class PhotometryView(RunView):
     source = param.Selector(default="auto", objects=["auto", "preview", "population"],
                             doc="predicted photometry: training preview or final population (auto: newest)")
 
-    watch_files = ("observed.parquet", "preview.parquet", "population.parquet")
+    watch_files = ("observed.parquet", "preview.parquet", "population.parquet", "config.json")
 
     def __init__(self, run=None, **params):
         self._memo_key = None
         self._memo = None
         self._ranges = {}
+        self._conf_sig = None
+        self._bands_shown = None
         super().__init__(run, **params)
         self._configure()
+
+    def refresh(self) -> bool:
+        """Re-read changed files; rebuild the grid when the band list appears or changes."""
+        sig = self.reader.signature("config.json", "observed.parquet") if self.reader is not None else None
+        if sig != self._conf_sig:
+            self._conf_sig = sig
+            self._ranges = {}
+            self._configure()
+            if self.bands() != self._bands_shown:
+                self.param.trigger("reader")  # the grid depends on the band list
+        return super().refresh()
 
     def _reset(self):
         self._memo_key = None
@@ -192,6 +205,7 @@ class PhotometryView(RunView):
 
     def _grids(self, reader):
         bands = self.bands()
+        self._bands_shown = bands
         if len(bands) < 2:
             return pn.pane.Alert("No band list in this run (config.json / observed.parquet missing or unreadable).",
                                  alert_type="warning")

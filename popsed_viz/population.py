@@ -68,14 +68,23 @@ class PopulationView(RunView):
                                        doc="parameters of the corner plot")
     max_points = param.Integer(default=2_000_000, doc="samples used per view (random subset beyond)")
 
-    watch_files = ("population.parquet", "summary.json", "observed.parquet")
+    watch_files = ("population.parquet", "summary.json", "observed.parquet", "config.json")
 
     def __init__(self, run=None, **params):
         self._memo_key = None
         self._memo = None
         self._ranges: dict[str, tuple[float, float]] = {}
+        self._conf_sig = None
         super().__init__(run, **params)
         self._configure()
+
+    def refresh(self) -> bool:
+        """Re-read changed files; adapt the controls when config / population appear or change."""
+        sig = self.reader.signature("config.json", "population.parquet") if self.reader is not None else None
+        if sig != self._conf_sig:
+            self._ranges = {}
+            self._configure(keep=True)
+        return super().refresh()
 
     # ------------------------------------------------------------------ data
     def _reset(self):
@@ -84,9 +93,13 @@ class PopulationView(RunView):
         self._ranges = {}
 
     @param.depends("reader", watch=True)
-    def _configure(self):
-        """Adapt the controls (z bounds, member list, corner choices) to the run."""
+    def _configure(self, keep: bool = False):
+        """Adapt the controls (z bounds, member list, corner choices) to the run.
+
+        ``keep``: the same run changed on disk; keep the user's cut if it still fits.
+        """
         r = self.reader
+        self._conf_sig = r.signature("config.json", "population.parquet") if r is not None else None
         cfg = (r.config() if r else None) or {}
         zmax = cfg.get("z_max")
         try:
@@ -109,13 +122,19 @@ class PopulationView(RunView):
         names = [c for c in pop_cols if c not in ("member", "selected") and not c.startswith("mag_")]
         corner_objs = names or list(DEFAULT_CORNER)
         corner = [c for c in self.corner_params if c in corner_objs] or [c for c in DEFAULT_CORNER if c in corner_objs]
+        same_bounds = tuple(self.param.z_range.bounds) == (0.0, zmax)
         self.param.z_range.bounds = (0.0, zmax)
         self.param.member.objects = opts
         self.param.corner_params.objects = corner_objs
-        with param.parameterized.discard_events(self):
-            self.z_range = (0.0, zmax)
-            self.member = self.member if self.member in opts else POOLED
-            self.corner_params = corner[:6]
+        z_range = self.z_range if (keep and same_bounds) else (0.0, zmax)
+        member = self.member if self.member in opts else POOLED
+        if keep:  # live: let the widgets follow
+            self.param.update(z_range=z_range, member=member, corner_params=corner[:6])
+        else:
+            with param.parameterized.discard_events(self):
+                self.z_range = z_range
+                self.member = member
+                self.corner_params = corner[:6]
 
     def _population(self):
         r = self.reader

@@ -19,7 +19,7 @@ from pathlib import Path
 from popsed_viz.jobs import REPO_ROOT
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "free_port", "AppServer", "launch_browser", "plots_state",
-           "wait_for_plots", "plot_data_signature", "JSErrorLog"]
+           "wait_for_plots", "plot_data_signature", "JSErrorLog", "text_of", "write_synthetic_run"]
 
 CHROMIUM = os.environ.get("POPSED_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -51,12 +51,10 @@ class AppServer:
         return f"http://127.0.0.1:{self.port}/app"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "panel", "serve", str(REPO_ROOT / "app"), "--address", "127.0.0.1",
-               "--port", str(self.port), "--allow-websocket-origin", f"127.0.0.1:{self.port}",
-               "--num-procs", "1", *self.extra_args]
-        if self.run is not None:
-            cmd += ["--args", str(self.run)]
-        return cmd
+        """The launcher's command (``python -m popsed_viz``): default address, i.e. 127.0.0.1."""
+        from popsed_viz.serve import serve_command
+
+        return serve_command(self.run, port=self.port, extra=self.extra_args)
 
     def start(self, timeout: float = 90.0) -> "AppServer":
         out = subprocess.DEVNULL
@@ -298,3 +296,14 @@ def write_synthetic_run(path, n_population: int = 3000, members: int = 2, steps:
         Table.from_pandas(_synthetic_table(1000, 13)[SYNTH_PARAMS + SYNTH_DERIVED]).write(
             path / "truth.ecsv", overwrite=True)
     return path
+
+
+def text_of(page, css: str) -> str:
+    """Visible text of the first element matching ``css`` (Bokeh renders it inside a shadow root)."""
+    loc = page.locator(css)
+    if loc.count() == 0:
+        return ""
+    return loc.first.evaluate(
+        "e => { const root = e.shadowRoot || e;"
+        " return Array.from(root.children).filter(c => !['STYLE', 'LINK', 'SCRIPT'].includes(c.tagName))"
+        ".map(c => c.innerText || c.textContent || '').join(' ').trim(); }")
