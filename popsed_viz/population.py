@@ -286,15 +286,16 @@ class PopulationView(RunView):
             sel = pop["selected"].to_numpy()[idx].astype(bool)
             out = out * P.histogram(self._col(pop, idx, "z")[sel], xd, edges, "#ff7f0e", False,
                                     "learned, passes selection")
+        t = self._truth_sel(z_range) if show_truth else None
+        if t is not None and "z" in t:
+            out = out * P.histogram(t["z"], xd, edges, P.TRUTH_COLOR, False, "truth")
         obs = self.reader.observed(["z_spec"]) if self.reader is not None else None
         if obs is not None and "z_spec" in obs:
             zs = obs["z_spec"].to_numpy(dtype=float)
             if np.isfinite(zs).any():
                 zs = zs[(zs >= z_range[0]) & (zs <= z_range[1])]
-                out = out * P.histogram(zs, xd, edges, P.OBS_COLOR, False, "spec-z (catalog)")
-        t = self._truth_sel(z_range) if show_truth else None
-        if t is not None and "z" in t:
-            out = out * P.histogram(t["z"], xd, edges, P.TRUTH_COLOR, False, "truth")
+                out = out * P.histogram(zs, xd, edges, P.OBS_COLOR, False, "spec-z (catalog)").opts(
+                    line_dash="dashed")
         return hv.Overlay([out]) if not isinstance(out, hv.Overlay) else out
 
     def mass_hist(self, width=420, height=300):

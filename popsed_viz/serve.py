@@ -63,6 +63,8 @@ def _run(args) -> int:
     env = dict(os.environ)
     if args.runs_dir:
         env["POPSED_RUNS_DIR"] = str(Path(args.runs_dir).expanduser().resolve())
+    if args.run:  # the server's warm-up (app/server_lifecycle.py) preloads this run
+        env["POPSED_RUN"] = str(Path(args.run).expanduser().resolve())
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     cmd = serve_command(args.run, args.port, args.address, args.show, args.allow_origin)
     print(f"popsed dashboard: http://{'127.0.0.1' if _is_loopback(args.address) else args.address}:{args.port}/app",

@@ -40,6 +40,8 @@ class AppServer:
         self.port = port or free_port()
         self.run = run
         self.env = dict(os.environ, **(env or {}))
+        if run is not None:  # preloaded by the server's warm-up (app/server_lifecycle.py)
+            self.env.setdefault("POPSED_RUN", str(Path(run).resolve()))
         self.env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = list(extra_args or [])
