@@ -109,6 +109,9 @@ class Dashboard(param.Parameterized):
                                                           step=0.005, format="0.000", sizing_mode="stretch_width")
         self.member_select = pn.widgets.Select.from_param(self.population.param.member, css_classes=["popsed-member"], **L("Ensemble"),
                                                           sizing_mode="stretch_width")
+        self.sample_choice = pn.widgets.RadioButtonGroup.from_param(self.population.param.sample, **L("Samples"),
+                                                                    css_classes=["popsed-sample"],
+                                                                    sizing_mode="stretch_width")
         self.truth_toggle = pn.widgets.Checkbox.from_param(self.population.param.show_truth,
                                                            **L("Overlay truth (mock runs)"))
         self.population.param.watch(self._sync_member, "member")
@@ -290,6 +293,7 @@ class Dashboard(param.Parameterized):
             pn.pane.Markdown("### Population cut"),
             self.z_slider,
             self.member_select,
+            self.sample_choice,
             self.truth_toggle,
             pn.pane.Markdown("### Fit in the background"),
             self.catalog_choice,

@@ -195,7 +195,7 @@ class TrainingMonitor(RunView):
             if len(va):
                 curves.append(hv.Curve((va["step"].to_numpy(), va["val_loss"].to_numpy()), xd, yd,
                                        label=f"val {k}").opts(color=color, line_width=2.5))
-        return hv.Overlay(curves)
+        return hv.Overlay(curves).opts(ylim=(None, None))
 
     def loss_plot(self, width=700, height=380):
         """Train (thin) and validation (thick) loss per member, log scale."""
@@ -208,15 +208,18 @@ class TrainingMonitor(RunView):
     @staticmethod
     def _schedule(data: pd.DataFrame, col: str, label: str):
         xd, yd = hv.Dimension("step"), hv.Dimension(col, label=label)
-        if data is None or len(data) == 0:
-            return hv.Curve([], xd, yd).opts(ylim=(1e-6, 1) if col == "lr" else (0, 1))
-        g = data[data["member"] == data["member"].min()]
-        g = g[np.isfinite(g[col])]
-        return hv.Curve((g["step"].to_numpy(), g[col].to_numpy()), xd, yd)
+        if data is not None and len(data):
+            g = data[data["member"] == data["member"].min()]
+            g = g[np.isfinite(g[col])]
+            if len(g):
+                return hv.Curve((g["step"].to_numpy(), g[col].to_numpy()), xd, yd).opts(title=label,
+                                                                                       ylim=(None, None))
+        title = f"{label} (not used by this loss)" if col == "blur" and data is not None and len(data) else label
+        return hv.Curve([], xd, yd).opts(ylim=(1e-6, 1) if col == "lr" else (0, 1), title=title)
 
     def schedule_plot(self, col: str, label: str, color: str, width=330, height=200, logy=False):
         dm = hv.DynamicMap(lambda data: self._schedule(data, col, label), streams=[self.buffer])
-        return dm.opts(hv.opts.Curve(title=label, width=width, height=height, color=color, framewise=True,
+        return dm.opts(hv.opts.Curve(width=width, height=height, color=color, framewise=True,
                                      show_grid=True, logy=logy, toolbar=None, line_width=2))
 
     def noise_plot(self, **kw):

@@ -18,6 +18,8 @@ from popsed_viz.base import L, RunView
 __all__ = ["PopulationView", "member_options", "member_mask"]
 
 POOLED = "pooled"
+SELECTED = "passes selection"
+WHOLE = "whole population"
 DEFAULT_CORNER = ["z", "log_mstar", "log_zmet", "n_dust", "tau2"]
 SFR = "log_sfr_100myr"
 LEGEND = {"label_text_font_size": "8pt", "background_fill_alpha": 0.7, "spacing": 0}
@@ -64,6 +66,10 @@ class PopulationView(RunView):
     z_range = param.Range(default=(0.0, 0.65), bounds=(0.0, 0.65), doc="redshift range cutting every view")
     member = param.Selector(default=POOLED, objects=[POOLED], doc="pooled ensemble (converged members) or one member")
     show_truth = param.Boolean(default=True, doc="overlay the mock's truth (when the run has truth.ecsv)")
+    sample = param.Selector(default=SELECTED, objects=[SELECTED, WHOLE],
+                            doc="learned samples shown: those passing the run's selection (comparable with the "
+                                "catalog, its spec-z and a mock's truth, which hold catalogued galaxies only) or "
+                                "the whole learned population")
     corner_params = param.ListSelector(default=list(DEFAULT_CORNER), objects=list(DEFAULT_CORNER),
                                        doc="parameters of the corner plot")
     max_points = param.Integer(default=2_000_000, doc="samples used per view (random subset beyond)")
@@ -144,7 +150,7 @@ class PopulationView(RunView):
 
     def _selection(self, z_range, member):
         """(frame, row indices) for the current cut; memoised for the 5 views."""
-        key = (self._signature, tuple(z_range) if z_range else None, member, self.max_points)
+        key = (self._signature, tuple(z_range) if z_range else None, member, self.sample, self.max_points)
         if key == self._memo_key:
             return self._memo
         pop = self._population()
@@ -167,6 +173,8 @@ class PopulationView(RunView):
                 mm = member_mask(pop["member"].to_numpy(), member, pooled)
                 if not isinstance(mm, slice):
                     mask &= mm
+            if self.sample == SELECTED and "selected" in pop:
+                mask &= pop["selected"].to_numpy().astype(bool)
             if "z" in pop and z_range is not None:
                 z = pop["z"].to_numpy()
                 mask &= (z >= z_range[0]) & (z <= z_range[1])
@@ -217,7 +225,7 @@ class PopulationView(RunView):
 
     # ------------------------------------------------------------ 2-D views
     def _points_cb(self, xname, yname):
-        def cb(z_range, member, revision):
+        def cb(z_range, member, revision, **kw):
             pop, idx = self._selection(z_range, member)
             xd, yd = P.xy_dims(xname, yname, self._range(xname), self._range(yname))
             if pop is None or xname not in pop or yname not in pop:
@@ -241,7 +249,7 @@ class PopulationView(RunView):
     def density_plot(self, xname: str, yname: str, title: str, width=420, height=360):
         """Rasterised learned density of (xname, yname) with the truth contours."""
         pts = hv.DynamicMap(self._points_cb(xname, yname),
-                            streams=[hv.streams.Params(self, ["z_range", "member", "revision"])])
+                            streams=[hv.streams.Params(self, ["z_range", "member", "sample", "revision"])])
         truth = hv.DynamicMap(self._truth_cb(xname, yname),
                               streams=[hv.streams.Params(self, ["z_range", "show_truth", "revision"])])
         img = P.raster(pts, cmap="fire", width=width, height=height)
@@ -260,29 +268,29 @@ class PopulationView(RunView):
         return self.density_plot("log_mstar", "log_zmet", "Mass–metallicity", **kw)
 
     # ------------------------------------------------------------ 1-D views
-    def _mass_cb(self, z_range, member, show_truth, revision):
+    def _mass_cb(self, z_range, member, show_truth, revision, **kw):
         pop, idx = self._selection(z_range, member)
         rng = self._range("log_mstar")
         edges = np.linspace(rng[0], rng[1], 61)
         xd = P.dim("log_mstar")
-        learned = P.histogram(self._col(pop, idx, "log_mstar"), xd, edges, P.PRED_COLOR, True, "learned")
+        learned = P.histogram(self._col(pop, idx, "log_mstar"), xd, edges, P.PRED_COLOR, True, self._learned_label())
         t = self._truth_sel(z_range) if show_truth else None
         out = learned
         if t is not None and "log_mstar" in t:
             out = out * P.histogram(t["log_mstar"], xd, edges, P.TRUTH_COLOR, False, "truth")
-        if pop is not None and "selected" in pop and idx is not None and idx.size:
+        if self.sample == WHOLE and pop is not None and "selected" in pop and idx is not None and idx.size:
             sel = pop["selected"].to_numpy()[idx].astype(bool)
             out = out * P.histogram(self._col(pop, idx, "log_mstar")[sel], xd, edges, "#ff7f0e", False,
                                     "learned, passes selection")
         return hv.Overlay([out]) if not isinstance(out, hv.Overlay) else out
 
-    def _z_cb(self, z_range, member, show_truth, revision):
+    def _z_cb(self, z_range, member, show_truth, revision, **kw):
         pop, idx = self._selection(z_range, member)
         zmax = self.param.z_range.bounds[1]
         edges = np.linspace(0.0, zmax, 61)
         xd = P.dim("z")
-        out = P.histogram(self._col(pop, idx, "z"), xd, edges, P.PRED_COLOR, True, "learned")
-        if pop is not None and "selected" in pop and idx is not None and idx.size:
+        out = P.histogram(self._col(pop, idx, "z"), xd, edges, P.PRED_COLOR, True, self._learned_label())
+        if self.sample == WHOLE and pop is not None and "selected" in pop and idx is not None and idx.size:
             sel = pop["selected"].to_numpy()[idx].astype(bool)
             out = out * P.histogram(self._col(pop, idx, "z")[sel], xd, edges, "#ff7f0e", False,
                                     "learned, passes selection")
@@ -298,20 +306,23 @@ class PopulationView(RunView):
                     line_dash="dashed")
         return hv.Overlay([out]) if not isinstance(out, hv.Overlay) else out
 
+    def _learned_label(self):
+        return "learned (passes selection)" if self.sample == SELECTED else "learned (whole population)"
+
     def mass_hist(self, width=420, height=300):
-        dm = hv.DynamicMap(self._mass_cb, streams=[hv.streams.Params(self, ["z_range", "member", "show_truth", "revision"])])
+        dm = hv.DynamicMap(self._mass_cb, streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
         return dm.opts(hv.opts.Overlay(title="Stellar-mass distribution", width=width, height=height,
                                        legend_position="top_left", framewise=True, toolbar="above", show_grid=True,
                                        legend_opts=LEGEND))
 
     def z_hist(self, width=420, height=300):
-        dm = hv.DynamicMap(self._z_cb, streams=[hv.streams.Params(self, ["z_range", "member", "show_truth", "revision"])])
+        dm = hv.DynamicMap(self._z_cb, streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
         return dm.opts(hv.opts.Overlay(title="Redshift distribution", width=width, height=height,
                                        legend_position="top_right", framewise=True, toolbar="above", show_grid=True,
                                        legend_opts=LEGEND))
 
     # ---------------------------------------------------------------- corner
-    @param.depends("z_range", "member", "show_truth", "corner_params", "revision")
+    @param.depends("z_range", "member", "sample", "show_truth", "corner_params", "revision")
     def corner(self):
         """Corner plot of the chosen parameters (rasterised 2-D panels)."""
         from holoviews.operation.datashader import rasterize
@@ -362,21 +373,25 @@ class PopulationView(RunView):
 
     # ----------------------------------------------------------------- panel
     def count_text(self):
-        def text(z_range, member, revision):
+        def text(z_range, member, revision, *args):
             pop, idx = self._selection(z_range, member)
             if pop is None:
                 return ""
             n = 0 if idx is None else idx.size
-            return (f"**{n:,}** samples of the learned population ({member}) with "
-                    f"{z_range[0]:.3f} ≤ z ≤ {z_range[1]:.3f}")
+            which = "passing the run's selection" if self.sample == SELECTED else "(whole population)"
+            truth = (" Truth (dashed blue): the mock's catalogued galaxies."
+                     if self.show_truth and self.reader is not None and self.reader.truth_path() else "")
+            return (f"**{n:,}** samples of the learned population ({member}) {which} with "
+                    f"{z_range[0]:.3f} ≤ z ≤ {z_range[1]:.3f}.{truth}")
 
-        return pn.pane.Markdown(pn.bind(text, self.param.z_range, self.param.member, self.param.revision),
-                                margin=(0, 10))
+        return pn.pane.Markdown(pn.bind(text, self.param.z_range, self.param.member, self.param.revision,
+                                        self.param.sample, self.param.show_truth), margin=(0, 10))
 
     def controls(self):
         return pn.Column(
             pn.widgets.RangeSlider.from_param(self.param.z_range, **L("Redshift range"), step=0.005, format="0.000"),
             pn.widgets.Select.from_param(self.param.member, **L("Ensemble")),
+            pn.widgets.RadioButtonGroup.from_param(self.param.sample, **L("Samples")),
             pn.widgets.Checkbox.from_param(self.param.show_truth, **L("Overlay truth (mocks)")),
         )
 

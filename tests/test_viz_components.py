@@ -199,3 +199,19 @@ def test_helpers():
     assert converged_members({"members": [{"member": 0, "status": "converged"},
                                           {"member": 1, "status": "diverged"}]}) == [0]
     assert converged_members(None) is None
+
+
+def test_dashboard_upload_and_fit_guards(tmp_path, run):
+    d = Dashboard(run, runs_dir=tmp_path / "runs")
+    d.catalog_choice.value = "upload"
+    assert d.start_fit() is None and "Upload a catalog first" in d.job_text
+    d.upload.filename = "../evil name.txt"
+    d.upload.value = b"x"
+    assert "Unsupported catalog file" in d.job_text and d.job_level == "danger"
+    d.upload.filename = "../../my cat.csv"
+    d.upload.value = b"mag_sdss2010-r\n18.0\n"
+    saved = tmp_path / "runs" / "uploads" / "my_cat.csv"
+    assert saved.read_bytes() == b"mag_sdss2010-r\n18.0\n"
+    assert d.catalog_choice.value == "upload" and "Uploaded" in d.job_text
+    d.stop_fit()
+    assert "No fit is running" in d.job_text
