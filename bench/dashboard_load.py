@@ -106,6 +106,8 @@ def measure(run: Path, repeat: int, label: str, shots: Path | None) -> dict:
                 load = {"ttfb": (nav["ttfb"] - nav["start"]) / 1e3, "first_byte_to_drawn": (drawn - nav["ttfb"]) / 1e3,
                         "total": (drawn - nav["start"]) / 1e3}
                 out["loads"].append({k: round(v, 3) for k, v in load.items()})
+                if shots and i == 0:
+                    page.screenshot(path=str(shots / f"{label}_training.png"), full_page=True)
                 tabs = {}
                 for tab, kw in (("Photometry", {"n": 4, "absent": ["Loss per member"]}),
                                 ("Population", {"n": 4, "titles": [SFMS]}),
