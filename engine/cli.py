@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.mock",
     "engine.emulator.cli",
     "engine.population.cli",
+    "popsed_viz.serve",
 )
 
 

@@ -18,7 +18,11 @@ it holds the k-correction, the SFH, dust and the mass-to-light ratio.  The input
 effective fraction, zero when ``t_burst`` ≥ t_age(z), and ``t_burst`` by log10 of
 min(t_burst, t_age)), which removes the SPS's one discontinuity from what the network must learn.
 Inputs are scaled to [−1, 1]; outputs standardised per band.  Targets are clipped at
-``H_CLIP`` (56 mag): a galaxy fainter than that cannot be brighter than 25 mag anywhere in the box.
+``H_CLIP`` (52 mag; a galaxy fainter than that is brighter than 25 mag only within ~10 Mpc) and
+treated as censored in the loss (only predictions brighter than the clip are penalised).
+For each band the network also sees log(1 + τ_ISM) at the band's effective wavelength in the
+rest frame (the analytic dust curve of :mod:`engine.sps.dust`), which carries the steep,
+band-dependent dust dependence that the network would otherwise have to learn.
 
 Files: one ``torch.save`` dict of tensors, numbers and strings (state dict, normalisation and
 metadata: bands, parameter names and ranges, training-set size, measured accuracy, versions),
@@ -41,7 +45,7 @@ from engine.sps.params import IDX, PARAM_NAMES, param_bounds, validate_theta
 
 FORMAT = "popsed-emulator"
 FORMAT_VERSION = 1
-H_CLIP = 56.0
+H_CLIP = 52.0
 
 #: Input features (order) and their ranges before scaling to [−1, 1].
 FEATURE_NAMES = ("z", "kappa1", "kappa2", "kappa3", "log_t_burst", "f_burst_eff", "log_zmet", "n_dust", "tau1",
@@ -93,6 +97,7 @@ class Emulator:
                                     dtype=dtype)
         fb = feature_bounds(self.z_max).to(device=self.device, dtype=dtype)
         self._x_lo, self._x_span = fb[:, 0], fb[:, 1] - fb[:, 0]
+        self._leff = torch.tensor(metadata["lambda_eff"], device=self.device, dtype=dtype)
         self._y_mean = y_mean.to(device=self.device, dtype=dtype)
         self._y_std = y_std.to(device=self.device, dtype=dtype)
         self._sps = None
@@ -122,7 +127,23 @@ class Emulator:
         x = torch.stack([z, theta[:, IDX["kappa1"]], theta[:, IDX["kappa2"]], theta[:, IDX["kappa3"]], log_tb, f_eff,
                          theta[:, IDX["log_zmet"]], theta[:, IDX["n_dust"]], theta[:, IDX["tau1"]],
                          theta[:, IDX["tau2"]]], dim=1)
-        return 2.0 * (x - self._x_lo) / self._x_span - 1.0
+        x = 2.0 * (x - self._x_lo) / self._x_span - 1.0
+        return torch.cat([x, torch.log1p(self.band_tau(theta)) / 3.0 - 1.0], dim=1)
+
+    def band_tau(self, theta: torch.Tensor) -> torch.Tensor:
+        """Diffuse-dust optical depth at each band's rest-frame effective wavelength, (N, B_all)."""
+        from engine.sps.dust import BUMP_LAMBDA0, BUMP_WIDTH, LAMBDA_V, R_V_CALZETTI, bump_strength
+
+        lam = self._leff.unsqueeze(0) / (1.0 + theta[:, IDX["z"]]).unsqueeze(1)  # Å, rest frame
+        mic = lam * 1e-4
+        k_blue = 2.659 * (-2.156 + 1.509 / mic - 0.198 / mic**2 + 0.011 / mic**3) + R_V_CALZETTI
+        k_red = 2.659 * (-1.857 + 1.040 / mic) + R_V_CALZETTI
+        k12 = 2.659 * (-2.156 + 1.509 / 0.12 - 0.198 / 0.12**2 + 0.011 / 0.12**3) + R_V_CALZETTI
+        k = torch.where(mic < 0.12, k12 * (mic / 0.12) ** -0.77, torch.where(mic < 0.63, k_blue, k_red)).clamp(min=0)
+        n = theta[:, IDX["n_dust"]].unsqueeze(1)
+        drude = (lam * BUMP_WIDTH) ** 2 / ((lam**2 - BUMP_LAMBDA0**2) ** 2 + (lam * BUMP_WIDTH) ** 2)
+        shape = (k + bump_strength(n) * drude) / R_V_CALZETTI
+        return theta[:, IDX["tau2"]].unsqueeze(1) * shape * (lam / LAMBDA_V) ** n
 
     def h_magnitudes(self, theta: torch.Tensor) -> torch.Tensor:
         """h_b of the module docstring for the selected bands, shape (N, B)."""

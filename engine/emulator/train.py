@@ -22,6 +22,11 @@ from engine.sps.model import resolve_device
 from engine.sps.params import DEFAULT_Z_MAX, IDX
 
 
+def effective_wavelength(f) -> float:
+    """Pivot-like effective wavelength sqrt(∫λR dλ / ∫R/λ dλ) [Å] of a filter."""
+    return float(np.sqrt(np.trapezoid(f.response * f.wave, f.wave) / np.trapezoid(f.response / f.wave, f.wave)))
+
+
 def uniform_theta(bounds: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """θ uniform over the box ``bounds`` (D, 2), float64 on the CPU."""
     b = bounds.detach().cpu().double()
@@ -67,7 +72,8 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
     y_mean, y_std = y[it].mean(0), y[it].std(0).clamp(min=1e-6)
     xs = x.float().to(device)
     ys = ((y - y_mean) / y_std).float().to(device)
-    x_tr, y_tr, x_va, y_va = xs[it], ys[it], xs[iv], ys[iv]
+    cens = (y >= H_CLIP).to(device)
+    x_tr, y_tr, x_va, y_va, c_tr = xs[it], ys[it], xs[iv], ys[iv], cens[it]
     net = SpeculatorMLP(x.shape[1], y.shape[1], tuple(hidden)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, patience // 3))
@@ -80,14 +86,18 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
         tot = 0.0
         for s in range(0, n_tr, batch):
             idx = order[s:s + batch]
-            loss = torch.mean((net(x_tr[idx]) - y_tr[idx]) ** 2)
+            r = net(x_tr[idx]) - y_tr[idx]
+            r = torch.where(c_tr[idx], r.clamp(max=0.0), r)  # censored: only too-bright predictions cost
+            loss = torch.mean(r**2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot += float(loss) * idx.numel()
         net.eval()
         with torch.no_grad():
-            val = float(sum(torch.sum((net(x_va[s:s + 65536]) - y_va[s:s + 65536]) ** 2)
+            c_va = cens[iv]
+            val = float(sum(torch.sum(torch.where(c_va[s:s + 65536], (net(x_va[s:s + 65536]) - y_va[s:s + 65536])
+                                                  .clamp(max=0.0), net(x_va[s:s + 65536]) - y_va[s:s + 65536]) ** 2)
                             for s in range(0, x_va.shape[0], 65536)) / y_va.numel())
         sched.step(val)
         lr_now = opt.param_groups[0]["lr"]
@@ -111,7 +121,9 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
     net.eval()
     with torch.no_grad():
         pred = torch.cat([net(x_va[s:s + 65536]) for s in range(0, x_va.shape[0], 65536)])
-        rmse = (((pred - y_va) ** 2).mean(0).sqrt().cpu().double() * y_std).tolist()
+        keep = ~cens[iv]
+        rmse = [float(((pred[keep[:, j], j] - y_va[keep[:, j], j]) ** 2).mean().sqrt().cpu() * y_std[j])
+                for j in range(y.shape[1])]
     return net.cpu(), y_mean, y_std, history, rmse
 
 
@@ -141,13 +153,15 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
         "uv_bump": True,
         "features": list(FEATURE_NAMES),
         "h_clip": H_CLIP,
+        "lambda_eff": [effective_wavelength(f) for f in sps.filters],
         "n_train": n_train,
         "seed": seed,
         "hidden": list(hidden),
         "popsed_version": __version__,
         "torch_version": str(torch.__version__),
     }
-    proto = Emulator(SpeculatorMLP(len(FEATURE_NAMES), len(sps.bands), tuple(hidden)), metadata,
+    n_in = len(FEATURE_NAMES) + len(sps.bands)
+    proto = Emulator(SpeculatorMLP(n_in, len(sps.bands), tuple(hidden)), metadata,
                      torch.zeros(len(sps.bands)), torch.ones(len(sps.bands)), device="cpu", dtype=torch.float64)
     x = proto.features(theta)
     net, y_mean, y_std, history, rmse = train_network(x, y, hidden=hidden, seed=seed, device=sps.device,
