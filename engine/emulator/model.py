@@ -219,6 +219,9 @@ def save(path: str | Path, net: SpeculatorMLP, metadata: dict, y_mean: torch.Ten
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
@@ -261,6 +264,10 @@ def load(path: str | Path, device=None, bands: Sequence[str] | None = None,
         meta = payload["metadata"]
         if tuple(meta["param_names"]) != PARAM_NAMES:
             raise ModelFileError(f"emulator file '{path}' has parameters {meta['param_names']}, expected {PARAM_NAMES}")
+        n_bands = len(meta["bands"])
+        if int(payload["n_out"]) != n_bands or int(payload["n_in"]) != len(FEATURE_NAMES) + n_bands:
+            raise ValueError(f"network shape ({payload['n_in']} -> {payload['n_out']}) does not match "
+                             f"{n_bands} bands")
         net = SpeculatorMLP(int(payload["n_in"]), int(payload["n_out"]), tuple(int(h) for h in payload["hidden"]))
         net.load_state_dict(payload["state_dict"])
         emu = Emulator(net, meta, payload["y_mean"], payload["y_std"], device=device, dtype=dtype)

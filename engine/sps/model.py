@@ -253,8 +253,14 @@ class SPSModel:
         return band * torch.exp(ln_scale).unsqueeze(1)
 
     def magnitudes(self, theta: torch.Tensor) -> torch.Tensor:
-        """AB magnitudes, shape (N, n_bands); +inf where the flux is zero."""
-        return 22.5 - 2.5 * torch.log10(self.fluxes(theta))
+        """AB magnitudes, shape (N, n_bands).
+
+        Fluxes are floored at the smallest normal float (≈ 117 mag in float32), so that a band
+        with zero flux (e.g. the far UV behind τ ≈ 100 of dust) neither returns inf nor poisons the
+        gradients of the other bands with NaN.
+        """
+        f = self.fluxes(theta)
+        return 22.5 - 2.5 * torch.log10(f.clamp(min=torch.finfo(f.dtype).tiny))
 
     def spectrum(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rest-frame spectrum: wavelengths [Å] (L,) and L_ν [erg s⁻¹ Hz⁻¹] per galaxy (N, L)."""
