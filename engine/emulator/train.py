@@ -92,7 +92,7 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss) * idx.numel()
+            tot += float(loss.detach()) * idx.numel()
         net.eval()
         with torch.no_grad():
             c_va = cens[iv]
