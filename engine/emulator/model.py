@@ -41,7 +41,7 @@ from engine.emulator.network import SpeculatorMLP
 from engine.errors import ModelFileError
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.model import DERIVED_NAMES, resolve_device
-from engine.sps.params import IDX, PARAM_NAMES, param_bounds, validate_theta
+from engine.sps.params import IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 
 FORMAT = "popsed-emulator"
 FORMAT_VERSION = 1
@@ -108,13 +108,7 @@ class Emulator:
         validate_theta(theta, self.bounds, PARAM_NAMES)
 
     def _prep(self, theta) -> torch.Tensor:
-        if not isinstance(theta, torch.Tensor):
-            theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
-        if theta.ndim == 1 and theta.shape[0] == len(PARAM_NAMES):
-            theta = theta.unsqueeze(0)
-        theta = theta.to(device=self.device, dtype=self.dtype)
-        self.validate_theta(theta)
-        return theta
+        return prepare_theta(theta, self.bounds, self.device, self.dtype)
 
     def features(self, theta: torch.Tensor) -> torch.Tensor:
         """Network inputs scaled to [−1, 1] (see module docstring), shape (N, 10)."""

@@ -23,7 +23,7 @@ import torch
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves
-from engine.sps.params import DEFAULT_Z_MAX, IDX, PARAM_NAMES, param_bounds, validate_theta
+from engine.sps.params import DEFAULT_Z_MAX, IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 from engine.sps.photometry import MPC_CM, NANOMAGGY_CGS, Filter, bin_average_response, load_filter, response_norm
 from engine.sps.ssp import LNU_UNIT, SSPGrid, load_ssp_grid
 
@@ -174,13 +174,7 @@ class SPSModel:
         validate_theta(theta, self.bounds, PARAM_NAMES)
 
     def _prep(self, theta) -> torch.Tensor:
-        if not isinstance(theta, torch.Tensor):
-            theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
-        if theta.ndim == 1 and theta.shape[0] == len(PARAM_NAMES):
-            theta = theta.unsqueeze(0)
-        theta = theta.to(device=self.device, dtype=self.dtype)
-        self.validate_theta(theta)
-        return theta
+        return prepare_theta(theta, self.bounds, self.device, self.dtype)
 
     def _chunks(self, theta: torch.Tensor):
         for s in range(0, theta.shape[0], self.batch_size):

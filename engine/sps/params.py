@@ -126,3 +126,19 @@ def validate_theta(theta: torch.Tensor, bounds: torch.Tensor, names: tuple[str, 
                 f"parameter '{names[col]}' outside its range [{float(b[col, 0]):g}, {float(b[col, 1]):g}]: "
                 f"{n} of {theta.shape[0]} rows (values from {float(vals.min()):g} to {float(vals.max()):g})"
             )
+
+
+def prepare_theta(theta, bounds: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """θ as an (N, D) tensor on ``device``/``dtype``, validated against ``bounds``.
+
+    Accepts tensors, arrays and nested lists; a single θ of shape (D,) becomes (1, D).
+    """
+    if not isinstance(theta, torch.Tensor):
+        import numpy as np
+
+        theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
+    if theta.ndim == 1 and theta.shape[0] == len(PARAM_NAMES):
+        theta = theta.unsqueeze(0)
+    theta = theta.to(device=device, dtype=dtype)
+    validate_theta(theta, bounds, PARAM_NAMES)
+    return theta
