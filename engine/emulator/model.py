@@ -34,7 +34,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from engine.emulator.network import SpeculatorMLP
