@@ -169,6 +169,10 @@ __all__ = [
     "check_redshift",
     "iter_parquet_batches",
     "read_parquet_sample",
+    "CatalogStream",
+    "CatalogChunk",
+    "open_catalog_stream",
+    "parquet_num_rows",
     "flux_unit_factor",
     "load_column_map",
     "known_band_names",
@@ -633,6 +637,15 @@ class _ParquetSource(_Source):
         self.nrows = self.pf.metadata.num_rows
         self._units = _parquet_units(schema)
         self._types = {n: schema.field(i).type for i, n in enumerate(self.names)}
+        self.groups: list[int] | None = None  # read only these row groups (streaming); None = all
+
+    def restrict(self, groups: Sequence[int]) -> "_ParquetSource":
+        """A view of the same file that reads only row groups ``groups`` (shares the open file)."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.groups = [int(g) for g in groups]
+        view.nrows = int(sum(self.pf.metadata.row_group(g).num_rows for g in view.groups))
+        return view
 
     def unit(self, name):
         return self._units.get(name)
@@ -641,7 +654,10 @@ class _ParquetSource(_Source):
         import pyarrow as pa
 
         typ = self._types[name]
-        col = self.pf.read(columns=[name], use_threads=False).column(0)
+        if self.groups is None:
+            col = self.pf.read(columns=[name], use_threads=False).column(0)
+        else:
+            col = self.pf.read_row_groups(self.groups, columns=[name], use_threads=False).column(0)
         if pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ):
             try:
                 return np.asarray(col.to_pylist(), dtype=np.float64)
@@ -1407,6 +1423,20 @@ def _assemble(src: _Source, specs: list[_BandSpec], *, flux_unit: str | None,
     B = len(specs)
     if n == 0:
         _fail(f"{label}: only 0 usable galaxies (the file has no rows); need at least {min_rows}")
+    _apply_extinction(src, specs, extinction)
+    flux = np.empty((n, B), dtype=np.float64)
+    err = np.empty((n, B), dtype=np.float64)
+    lines: list[str] = []
+    for j, spec in enumerate(specs):
+        with np.errstate(all="ignore"):  # overflow/underflow is caught by _finish
+            lines.append(_one_band(src, spec, j, flux, err, flux_unit=flux_unit, min_fraction=min_fraction,
+                                   notes=notes))
+    return _finish_rows(src, flux, err, lines, notes, z_ref=z_ref, z_note=z_note, min_rows=min_rows)
+
+
+def _apply_extinction(src: _Source, specs: list[_BandSpec], extinction: Mapping[str, Any] | None) -> None:
+    """Attach the ``extinction=`` values (numbers or column names) to the band specs."""
+    label = src.label
     if extinction:
         names = {s.name.lower(): s for s in specs}
         for key, val in extinction.items():
@@ -1422,19 +1452,22 @@ def _assemble(src: _Source, specs: list[_BandSpec], *, flux_unit: str | None,
             elif not _is_number(val):
                 _fail(f"{label}: extinction for band {s.name} must be a number (mag) or a column name")
             s.extinction = val
-    flux = np.empty((n, B), dtype=np.float64)
-    err = np.empty((n, B), dtype=np.float64)
-    lines: list[str] = []
-    for j, spec in enumerate(specs):
-        with np.errstate(all="ignore"):  # overflow/underflow is caught by _finish
-            lines.append(_one_band(src, spec, j, flux, err, flux_unit=flux_unit, min_fraction=min_fraction,
-                                   notes=notes))
-    return _finish_rows(src, flux, err, lines, notes, z_ref=z_ref, z_note=z_note, min_rows=min_rows)
+
+
+def _fraction_fail(label: str, band: str, desc: str, k: int, n: int, reasons: Mapping[str, int],
+                   min_fraction: float) -> NoReturn:
+    nm = ", ".join(f"{r} ×{c}" for r, c in reasons.items()) or "none"
+    _fail(f"{label}: band {band} ({desc}) keeps only {k} of {n} rows ({_pct(k, n)}) with a "
+          f"measurement; no measurement: {nm}; need ≥ {100 * min_fraction:.0f} % — drop the band or "
+          f"fix the columns")
 
 
 def _one_band(src: _Source, spec: _BandSpec, j: int, flux: np.ndarray, err: np.ndarray, *,
-              flux_unit: str | None, min_fraction: float, notes: list[str]) -> str:
-    """Convert one band into column j of the output arrays; its summary line."""
+              flux_unit: str | None, min_fraction: float, notes: list[str], counts: dict | None = None) -> str:
+    """Convert one band into column j of the output arrays; its summary line.
+
+    ``counts`` (optional dict) receives ``ok`` (rows measured), ``reasons`` ({reason: rows}) and
+    ``desc`` (the columns used), for callers that aggregate over chunks."""
     label = src.label
     n = src.nrows
     ext = _extinction_values(src, spec, label)
@@ -1457,11 +1490,10 @@ def _one_band(src: _Source, spec: _BandSpec, j: int, flux: np.ndarray, err: np.n
         f, s, ok, desc = c.flux, c.err, c.ok, c.desc
         reasons = _reason_counts(c.reasons, ~ok)
     k = int(ok.sum())
+    if counts is not None:
+        counts.update(ok=k, reasons=reasons, desc=desc)
     if k < min_fraction * n:
-        nm = ", ".join(f"{r} ×{c}" for r, c in reasons.items()) or "none"
-        _fail(f"{label}: band {spec.name} ({desc}) keeps only {k} of {n} rows ({_pct(k, n)}) with a "
-              f"measurement; no measurement: {nm}; need ≥ {100 * min_fraction:.0f} % — drop the band or "
-              f"fix the columns")
+        _fraction_fail(label, spec.name, desc, k, n, reasons, min_fraction)
     if spec.extinction is not None:
         notes.append(f"{spec.name}: Galactic extinction corrected ("
                      + (f"column {spec.extinction}" if isinstance(spec.extinction, str)
@@ -1876,6 +1908,271 @@ def read_parquet_sample(path, n: int, *, seed: int | np.random.Generator | None,
     finally:
         pf.close()
     return (out, idx) if return_index else out
+
+
+#: Parquet catalogs with more rows than this are streamed by ``popsed fit`` (``--stream auto``).
+STREAM_MIN_ROWS = 2_000_000
+#: Rows per chunk of a :class:`CatalogStream` (consecutive row groups are merged up to this).
+STREAM_CHUNK_ROWS = 131_072
+
+
+@dataclass
+class CatalogChunk:
+    """Validated rows of one chunk (consecutive row groups) of a streamed catalog.
+
+    Attributes
+    ----------
+    index : int
+        Chunk number (0-based).
+    flux, flux_err : ndarray, shape (n, B), float64
+        As in :class:`Catalog` (nanomaggies, NaN = no measurement); rows without any measured band
+        are dropped.
+    z_spec : ndarray, shape (n,), or None
+    row_index : ndarray, shape (n,), int64
+        Row numbers of these rows in the file (0-based).
+    n_file_rows : int
+        Rows of the chunk in the file (before dropping rows without a measured band).
+    """
+
+    index: int
+    flux: np.ndarray
+    flux_err: np.ndarray
+    z_spec: np.ndarray | None
+    row_index: np.ndarray
+    n_file_rows: int
+
+
+class CatalogStream:
+    """A Parquet catalog read chunk by chunk (one or a few row groups at a time), never whole.
+
+    Every chunk goes through exactly the conversions of :func:`read_catalog` (units, sentinels,
+    extinction, flux/magnitude agreement, z_spec sentinels); the whole-catalog checks (≥ 50 %
+    measured per band, ≥ ``min_rows`` usable galaxies) are made by :meth:`scan`, which streams the
+    file once and raises the same one-line :class:`~engine.errors.CatalogError` messages.  A negative
+    error is refused as soon as the chunk holding it is read (its counts then refer to that chunk).
+
+    Use :func:`open_catalog_stream`.  Memory: one chunk of the needed columns (``chunk_rows`` rows;
+    a single row group larger than that is read whole, so write big catalogs with row groups of
+    ≲ 10⁶ rows).
+    """
+
+    def __init__(self, src: "_ParquetSource", specs: list, z_ref: str | None, z_note: str | None, *,
+                 path: str, flux_unit: str | None, min_rows: int, min_fraction: float, notes: list[str],
+                 chunk_rows: int = STREAM_CHUNK_ROWS):
+        self._src = src
+        self._specs = specs
+        self._z_ref = z_ref
+        self._z_note = z_note
+        self._flux_unit = flux_unit
+        self._notes = list(notes)
+        self.path = path
+        self.label = src.label
+        self.min_rows = int(min_rows)
+        self.min_fraction = float(min_fraction)
+        self.bands = tuple(sp.name for sp in specs)
+        self.filters = tuple(sp.filter for sp in specs)
+        self.n_file_rows = int(src.nrows)
+        self.has_z = z_ref is not None
+        md = src.pf.metadata
+        sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+        self.chunks: list[list[int]] = []
+        cur: list[int] = []
+        rows = 0
+        for g, n in enumerate(sizes):
+            if n == 0:
+                continue
+            cur.append(g)
+            rows += n
+            if rows >= chunk_rows:
+                self.chunks.append(cur)
+                cur, rows = [], 0
+        if cur:
+            self.chunks.append(cur)
+        self.chunk_sizes = [int(sum(sizes[g] for g in c)) for c in self.chunks]
+        starts = np.zeros(len(sizes) + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(sizes)
+        self._group_starts = starts
+        self._sha: str | None = None
+        self.report: tuple[str, ...] | None = None
+        self.n_usable: int | None = None
+
+    def __len__(self) -> int:
+        return self.n_file_rows
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the file's bytes (computed on first use, streaming)."""
+        if self._sha is None:
+            self._sha = _hash_file(Path(self.path))
+        return self._sha
+
+    def read_chunk(self, i: int, counts: list[dict] | None = None, notes: list[str] | None = None) -> CatalogChunk:
+        """Chunk ``i``, validated and converted (``counts``: one dict per band, see ``_one_band``)."""
+        groups = self.chunks[int(i)]
+        src = self._src.restrict(groups)
+        n = src.nrows
+        B = len(self._specs)
+        flux = np.empty((n, B), dtype=np.float64)
+        err = np.empty((n, B), dtype=np.float64)
+        nts = notes if notes is not None else []
+        for j, spec in enumerate(self._specs):
+            c: dict = {}
+            with np.errstate(all="ignore"):
+                _one_band(src, spec, j, flux, err, flux_unit=self._flux_unit, min_fraction=0.0, notes=nts,
+                          counts=c)
+            if counts is not None:
+                counts.append(c)
+        any_ok = np.isfinite(flux).any(axis=1)
+        z = None
+        if self._z_ref is not None:
+            z = src.array(self._z_ref)
+            if z.ndim != 1:
+                _fail(f"{self.label}: z_spec column {self._z_ref} is not one value per row")
+            zbad = ~np.isfinite(z)
+            for v in Z_SENTINELS:
+                zbad |= z == v
+            z = np.where(zbad, np.nan, z)
+        local = np.flatnonzero(any_ok)
+        rows = np.concatenate([np.arange(self._group_starts[g], self._group_starts[g + 1]) for g in groups])
+        if local.size < n:
+            flux, err = flux[local], err[local]
+            z = None if z is None else z[local]
+        return CatalogChunk(int(i), flux, err, z, rows[local], int(n))
+
+    def iter_chunks(self) -> Iterator[CatalogChunk]:
+        """All chunks in file order."""
+        for i in range(self.n_chunks):
+            yield self.read_chunk(i)
+
+    def scan(self, consumers: Sequence = ()) -> tuple[str, ...]:
+        """One streaming pass: validate the whole catalog and feed every chunk to ``consumers``.
+
+        Each consumer is a callable ``consumer(chunk: CatalogChunk)``.  Raises the whole-catalog
+        refusals of :func:`read_catalog` (fraction measured per band, usable galaxies); returns the
+        report (one line per band, then notes), also kept as :attr:`report`.
+        """
+        B = len(self._specs)
+        ok = np.zeros(B, dtype=np.int64)
+        reasons: list[dict[str, int]] = [{} for _ in range(B)]
+        descs = [""] * B
+        notes: list[str] = []
+        kept = 0
+        z_missing = 0
+        snr5 = np.zeros(B, dtype=np.int64)
+        for i in range(self.n_chunks):
+            counts: list[dict] = []
+            chunk = self.read_chunk(i, counts, notes)
+            for j, c in enumerate(counts):
+                ok[j] += c["ok"]
+                descs[j] = c["desc"]
+                for r, cnt in c["reasons"].items():
+                    reasons[j][r] = reasons[j].get(r, 0) + int(cnt)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                snr5 += np.count_nonzero(chunk.flux >= 5 * chunk.flux_err, axis=0)
+            kept += chunk.flux.shape[0]
+            if chunk.z_spec is not None:
+                z_missing += int(np.count_nonzero(~np.isfinite(chunk.z_spec)))
+            for fn in consumers:
+                fn(chunk)
+        n = self.n_file_rows
+        for j, spec in enumerate(self._specs):
+            rs = {r: c for r, c in reasons[j].items() if c}
+            if ok[j] < self.min_fraction * n:
+                _fraction_fail(self.label, spec.name, descs[j], int(ok[j]), n, rs, self.min_fraction)
+        if kept < self.min_rows:
+            _fail(f"{self.label}: only {kept} usable galaxies (of {n} rows; {n - kept} have no measured band); "
+                  f"need at least {self.min_rows}")
+        lines = []
+        for j, spec in enumerate(self._specs):
+            rs = {r: c for r, c in reasons[j].items() if c}
+            nm = ", ".join(f"{r} ×{c}" for r, c in rs.items()) or "none"
+            lines.append(f"{spec.name}: {n} rows, {_pct(int(ok[j]), n)} measured, {_pct(int(snr5[j]), n)} "
+                         f"detected (S/N≥5), from {descs[j]}; no measurement: {nm} (streamed in "
+                         f"{self.n_chunks} chunks)")
+        extra = list(dict.fromkeys(self._notes + notes))
+        if self._z_ref is not None:
+            zn = f"z_spec from column {self._z_ref}"
+            if z_missing:
+                zn += f"; {z_missing} rows without a value (NaN/inf/sentinel)"
+            extra.append(zn)
+        elif self._z_note:
+            extra.append(self._z_note)
+        if kept < n:
+            extra.append(f"{n - kept} of {n} rows dropped: no measured band")
+        self.report = tuple(lines) + tuple(extra)
+        self.n_usable = kept
+        return self.report
+
+    def close(self) -> None:
+        self._src.close()
+
+
+def open_catalog_stream(path, *, bands: str | Sequence[str] | None = None,
+                        columns: str | Path | Mapping[str, Any] | None = None,
+                        flux_unit: str | None = None, extinction: Mapping[str, Any] | None = None,
+                        min_rows: int = 100, min_fraction: float = MIN_MEASURED_FRACTION,
+                        chunk_rows: int = STREAM_CHUNK_ROWS) -> CatalogStream:
+    """Open a Parquet catalog for streaming (same options and checks as :func:`read_catalog`).
+
+    Only the schema and the row-group metadata are read here; the rows are read chunk by chunk by
+    :meth:`CatalogStream.read_chunk` / :meth:`CatalogStream.scan`.
+    """
+    cmap: dict[str, Any] = {}
+    maplabel = ""
+    if columns is not None:
+        cmap, maplabel = load_column_map(columns)
+    if path is None:
+        _fail("no catalog file given")
+    p = Path(path)
+    label = str(path)
+    if not p.exists():
+        _fail(f"catalog file not found: {label}")
+    if p.is_dir():
+        _fail(f"catalog path is a directory, not a file: {label}")
+    fmt = _detect_format(p, None, label)
+    if fmt != "parquet":
+        _fail(f"{label}: only Parquet catalogs can be streamed (this one is {_FORMATS.get(fmt, fmt)}); "
+              f"convert it to Parquet or read it whole")
+    if p.stat().st_size == 0:
+        _fail(f"cannot read {label} as Parquet: the file is empty")
+    src = _open_source(p, label, fmt, None)
+    try:
+        extra: dict[str, str] = {}
+        wanted = _parse_bands(bands, label, extra)
+        notes: list[str] = []
+        if "bands" in cmap:
+            specs = _specs_from_map(src, label, cmap, maplabel, wanted)
+        else:
+            specs, notes = _specs_from_convention(src, label, wanted, extra)
+            if "flux_unit" in cmap:
+                for sp in specs:
+                    sp.flux_unit = cmap["flux_unit"]
+        z_ref, z_note = _find_z(src, cmap, label, maplabel)
+        if src.nrows == 0:
+            _fail(f"{label}: only 0 usable galaxies (the file has no rows); need at least {min_rows}")
+        _apply_extinction(src, specs, extinction)
+    except BaseException:
+        src.close()
+        raise
+    return CatalogStream(src, specs, z_ref, z_note, path=str(path), flux_unit=flux_unit, min_rows=min_rows,
+                         min_fraction=min_fraction, notes=notes, chunk_rows=chunk_rows)
+
+
+def parquet_num_rows(path) -> int | None:
+    """Rows of a Parquet file from its footer (None when ``path`` is not a readable Parquet file)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() not in (".parquet", ".pq"):
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(str(p)).metadata.num_rows)
+    except Exception:
+        return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -121,6 +122,23 @@ class NoiseModel:
                     centres[i] = centres[i - 1] + 1e-6
             per_band[band] = BandNoise(b, n, [float(c) for c in centres], med, scat)
         return cls(bands, per_band)
+
+    @classmethod
+    def fit_stream(cls, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], bands, n_bins: int = 20,
+                   min_per_bin: int = 20) -> "NoiseModel":
+        """:meth:`fit` from a catalog too large for memory: two streaming passes.
+
+        ``chunks()`` must return a fresh iterable of ``(flux, flux_err)`` pairs ((n, B) arrays, nanomaggies,
+        NaN = no measurement) covering the catalog each time it is called.  See :class:`NoiseAccumulator`
+        for how (and how closely) this reproduces :meth:`fit`.
+        """
+        acc = NoiseAccumulator(bands, n_bins=n_bins, min_per_bin=min_per_bin)
+        for f, e in chunks():
+            acc.add(f, e)
+        acc.next_pass()
+        for f, e in chunks():
+            acc.add(f, e)
+        return acc.result()
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -246,3 +264,156 @@ class NoiseModel:
     def load(cls, path) -> "NoiseModel":
         with open(path, encoding="utf-8") as fh:
             return cls.from_json(fh.read())
+
+
+# ---------------------------------------------------------------------------------------------- streaming fit
+def _rank_values(counts: np.ndarray, lo: float, width: float, ranks: np.ndarray) -> np.ndarray:
+    """Values at (fractional, 0-based) ``ranks`` of a sample known through a histogram (bins of equal
+    ``width`` from ``lo``; ``counts`` may be fractional), each bin's members spread evenly over it, with
+    linear interpolation between neighbouring ranks (numpy's ``percentile`` convention)."""
+    cum = np.cumsum(counts, dtype=np.float64)
+    prev = cum - counts
+
+    def at(r):
+        i = np.clip(np.searchsorted(cum, r + 0.5, side="right"), 0, counts.size - 1)
+        c = np.maximum(counts[i], 1e-300)
+        t = np.clip((r + 0.5 - prev[i]) / c, 0.0, 1.0)
+        return lo + (i + t) * width
+
+    ranks = np.asarray(ranks, dtype=np.float64)
+    r0 = np.floor(ranks)
+    v0, v1 = at(r0), at(np.minimum(r0 + 1, max(cum[-1] - 1, 0)))
+    return v0 + (v1 - v0) * (ranks - r0)
+
+
+class NoiseAccumulator:
+    """Streaming version of :meth:`NoiseModel.fit` for catalogs that do not fit in memory.
+
+    Pass 1 (:meth:`add`, then :meth:`next_pass`): per band the number of usable rows (finite flux, finite
+    error > 0), the range of the fluxes and a fine histogram of ``log10 sigma`` (``1e-3`` dex) -> the
+    softening ``1.042 * median(sigma)``.  Pass 2 (:meth:`add` again over the same rows): a 2-d histogram
+    of (asinh magnitude with that softening, ``log10 sigma``) on ``m_bins`` x ``le_bins`` cells spanning
+    the exact ranges found in pass 1.  :meth:`result` then forms the same equal-count magnitude bins as
+    :meth:`NoiseModel.fit` (same count, same sizes) and takes each bin's median magnitude and the median
+    and inter-quartile scatter of ``log10 sigma`` from the histogram, rows spread evenly within a cell
+    (a cell straddling two equal-count bins is shared in proportion).  The result agrees with the
+    in-memory fit to a small fraction of a cell (tested: ``tests/test_distributed.py``).  Memory:
+    ``m_bins * le_bins * 8`` bytes per band (16 MB by default), whatever the catalog size.
+    """
+
+    LE_LO, LE_HI, LE_STEP = -12.0, 12.0, 1e-3
+
+    def __init__(self, bands, n_bins: int = 20, min_per_bin: int = 20, m_bins: int = 2048, le_bins: int = 1024):
+        self.bands = tuple(bands)
+        self.n_bins, self.min_per_bin = int(n_bins), int(min_per_bin)
+        self.m_bins, self.le_bins = int(m_bins), int(le_bins)
+        nb = len(self.bands)
+        self.pass_ = 1
+        self.n = np.zeros(nb, dtype=np.int64)
+        self.f_min = np.full(nb, np.inf)
+        self.f_max = np.full(nb, -np.inf)
+        self.le_min = np.full(nb, np.inf)
+        self.le_max = np.full(nb, -np.inf)
+        k = int(round((self.LE_HI - self.LE_LO) / self.LE_STEP))
+        self._le_hist = np.zeros((nb, k), dtype=np.int64)
+        self.softening: np.ndarray | None = None
+        self._h2: np.ndarray | None = None
+        self._n2 = np.zeros(nb, dtype=np.int64)
+
+    def _check(self, flux, flux_err):
+        flux = np.asarray(flux, dtype=np.float64)
+        flux_err = np.asarray(flux_err, dtype=np.float64)
+        if flux.shape != flux_err.shape or flux.ndim != 2 or flux.shape[1] != len(self.bands):
+            raise CatalogError(f"noise model: flux {flux.shape} and flux_err {flux_err.shape} must both be "
+                               f"(N, {len(self.bands)})")
+        return flux, flux_err
+
+    def add(self, flux: np.ndarray, flux_err: np.ndarray) -> None:
+        """Accumulate one chunk of rows (in the current pass)."""
+        flux, flux_err = self._check(flux, flux_err)
+        kle = self._le_hist.shape[1] if self._le_hist is not None else 0
+        for j in range(len(self.bands)):
+            f, e = flux[:, j], flux_err[:, j]
+            with np.errstate(invalid="ignore"):
+                ok = np.isfinite(f) & np.isfinite(e) & (e > 0)
+            if not ok.any():
+                continue
+            f, le = f[ok], np.log10(e[ok])
+            if self.pass_ == 1:
+                self.n[j] += f.size
+                self.f_min[j] = min(self.f_min[j], float(f.min()))
+                self.f_max[j] = max(self.f_max[j], float(f.max()))
+                self.le_min[j] = min(self.le_min[j], float(le.min()))
+                self.le_max[j] = max(self.le_max[j], float(le.max()))
+                i = np.clip(((le - self.LE_LO) / self.LE_STEP).astype(np.int64), 0, kle - 1)
+                self._le_hist[j] += np.bincount(i, minlength=kle)
+            else:
+                m_lo, m_w, l_lo, l_w = self._grid[j]
+                m = asinh_mag(f, self.softening[j])
+                im = np.clip(((m - m_lo) / m_w).astype(np.int64), 0, self.m_bins - 1)
+                il = np.clip(((le - l_lo) / l_w).astype(np.int64), 0, self.le_bins - 1)
+                self._h2[j] += np.bincount(im * self.le_bins + il, minlength=self.m_bins * self.le_bins).reshape(
+                    self.m_bins, self.le_bins)
+                self._n2[j] += f.size
+
+    def next_pass(self) -> None:
+        """End pass 1: fix the softening and the 2-d grid; :meth:`add` then feeds pass 2."""
+        if self.pass_ != 1:
+            raise RuntimeError("NoiseAccumulator.next_pass() called twice")
+        for j, band in enumerate(self.bands):
+            if self.n[j] < 10:
+                raise CatalogError(f"noise model: band {band} has only {int(self.n[j])} rows with a finite flux and a "
+                                   f"positive error (need >= 10)")
+        nb = len(self.bands)
+        self.softening = np.empty(nb)
+        self._grid = []
+        for j in range(nb):
+            med_le = float(_rank_values(self._le_hist[j].astype(np.float64), self.LE_LO, self.LE_STEP,
+                                        np.array([(self.n[j] - 1) / 2.0]))[0])
+            med_le = min(max(med_le, self.le_min[j]), self.le_max[j])
+            b = SOFTENING_FACTOR * 10.0 ** med_le
+            self.softening[j] = b
+            m_lo = float(asinh_mag(self.f_max[j], b))
+            m_hi = float(asinh_mag(self.f_min[j], b))
+            m_w = max(m_hi - m_lo, 1e-6) * (1 + 1e-9) / self.m_bins
+            l_w = max(self.le_max[j] - self.le_min[j], 1e-6) * (1 + 1e-9) / self.le_bins
+            self._grid.append((m_lo, m_w, float(self.le_min[j]), l_w))
+        self._le_hist = None
+        self._h2 = np.zeros((nb, self.m_bins, self.le_bins), dtype=np.int64)
+        self.pass_ = 2
+
+    def result(self) -> "NoiseModel":
+        """The fitted :class:`NoiseModel` (after both passes)."""
+        if self.pass_ != 2:
+            raise RuntimeError("NoiseAccumulator.result() needs both passes (call next_pass() between them)")
+        per_band = {}
+        for j, band in enumerate(self.bands):
+            n = int(self.n[j])
+            if int(self._n2[j]) != n:
+                raise CatalogError(f"noise model: pass 2 saw {int(self._n2[j])} rows of band {band}, pass 1 saw {n}; "
+                                   f"the chunks must cover the same rows twice")
+            m_lo, m_w, l_lo, l_w = self._grid[j]
+            h = self._h2[j].astype(np.float64)
+            cm = h.sum(1)
+            cum = np.concatenate([[0.0], np.cumsum(cm)])
+            k = int(max(1, min(self.n_bins, n // self.min_per_bin)))
+            sizes = np.full(k, n // k, dtype=np.int64)
+            sizes[: n % k] += 1
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            centres, med, scat = [], [], []
+            for a, b_ in zip(bounds[:-1], bounds[1:]):
+                c = float(b_ - a)
+                centres.append(float(np.mean(_rank_values(cm, m_lo, m_w, np.array(
+                    [a + math.floor((c - 1) / 2), a + math.ceil((c - 1) / 2)], dtype=np.float64)))))
+                w = np.clip(np.minimum(cum[1:], b_) - np.maximum(cum[:-1], a), 0.0, None)
+                frac = np.divide(w, cm, out=np.zeros_like(w), where=cm > 0)
+                lh = frac @ h
+                q = _rank_values(lh, l_lo, l_w, np.array([0.5, 0.25, 0.75]) * (c - 1))
+                med.append(float(q[0]))
+                scat.append(float((q[2] - q[1]) / 1.349))
+            centres = np.maximum.accumulate(np.asarray(centres))
+            for i in range(1, len(centres)):
+                if centres[i] <= centres[i - 1]:
+                    centres[i] = centres[i - 1] + 1e-6
+            per_band[band] = BandNoise(float(self.softening[j]), n, [float(x) for x in centres], med, scat)
+        return NoiseModel(self.bands, per_band)
