@@ -11,11 +11,18 @@
    standardised asinh-magnitude + colour space) between the predicted photometry (fresh samples of the
    converged members' best flows -> forward model -> the run's noise model -> selection) and the observed
    catalog, against the noise floor: the same distance between two independent noise realisations of the
-   truth (mag_true -> noise model -> selection), at equal sample sizes.  Target: <= 1.2 x the floor.
+   truth, at equal sample sizes.  Two floors are reported.  ``noise_floor`` (the target's): an independent
+   realisation of the true population -- ``popsed mock`` with another seed, i.e. other galaxies from the same
+   distributions with their own noise and the same selection -- against the catalog; this is the distance a
+   perfect fit reaches with a catalog of this size.  ``noise_floor_same_galaxies``: two noise realisations
+   of the *same* true galaxies (mag_true -> noise model -> selection); it lacks the catalog's finite-sample
+   scatter, so even the true population sits ~2x above it (measured: 0.033 vs 0.015 at 10^4 galaxies).
+   Target: predicted/observed <= 1.2 x ``noise_floor``.
 5. wall time per member (target <= 10 min on 2 CPU cores).
 
     python bench/recovery.py [--workdir DIR] [--n 10000] [--seed 7] [--members 2] [--steps 1000]
-                             [--batch 4096] [--forward auto] [--device auto] [--json]
+                             [--batch 4096] [--forward auto] [--device auto] [--redshift free]
+                             [--option KEY=VALUE ...] [--json]
 """
 from __future__ import annotations
 
@@ -46,7 +53,7 @@ def popsed(*args) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0) -> dict:
+def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0, independent: Path | None = None) -> dict:
     import torch
     from astropy.table import Table
 
@@ -103,8 +110,20 @@ def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0)
         reals.append(noisy[selection_mask(noisy, bands, cuts)].double().cpu().numpy())
     m = min(r.shape[0] for r in reals)
     d_floor = float(sliced_wasserstein(features(reals[0][:m]), features(reals[1][:m]), directions=dirs))
-    return {"distance_pred_obs": d_pred, "noise_floor": d_floor, "ratio": d_pred / d_floor, "target_ratio": 1.2,
-            "n_obs": int(n), "n_floor": int(m)}
+    out = {"distance_pred_obs": d_pred, "noise_floor_same_galaxies": d_floor, "ratio_same_galaxies": d_pred / d_floor,
+           "n_obs": int(n), "n_floor": int(m), "target_ratio": 1.2}
+    if independent is not None:
+        # the population-level floor: an independent realisation of the true population (other galaxies drawn
+        # from the same distributions, own noise, same selection) against the catalog -- what a perfect fit
+        # reaches at this catalog size
+        ci = Table.read(independent / "catalog.ecsv")
+        f_ind = np.stack([np.asarray(ci[f"flux_{b}"], float) for b in bands], 1)
+        f_ind = f_ind[np.all(np.isfinite(f_ind), 1)][:n]
+        d_ind = float(sliced_wasserstein(features(f_ind), features(f_obs[: f_ind.shape[0]]), directions=dirs))
+        out.update({"noise_floor": d_ind, "ratio": d_pred / d_ind, "n_independent": int(f_ind.shape[0])})
+    else:
+        out.update({"noise_floor": d_floor, "ratio": d_pred / d_floor})
+    return out
 
 
 def main(argv=None) -> int:
@@ -118,19 +137,31 @@ def main(argv=None) -> int:
     ap.add_argument("--forward", default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--fit-seed", type=int, default=0)
+    ap.add_argument("--redshift", choices=("free", "observed"), default="free")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further TrainConfig field for the fit, e.g. entropy=0.001 (repeatable)")
     ap.add_argument("--reuse", action="store_true", help="reuse an existing mock and run in --workdir")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     work = Path(a.workdir)
     mock, run_dir = work / "mock", work / "run"
     t0 = time.time()
+    independent = work / "mock_independent"
     if not (a.reuse and (mock / "catalog.ecsv").exists()):
         popsed("mock", mock, "--n", a.n, "--seed", a.seed, "--mag-limit", "sdss2010-r:19.8")
     t_mock = time.time() - t0
+    if not (a.reuse and (independent / "catalog.ecsv").exists()):
+        popsed("mock", independent, "--n", a.n, "--seed", a.seed + 1000, "--mag-limit", "sdss2010-r:19.8")
     if not (a.reuse and (run_dir / "summary.json").exists()):
-        popsed("fit", mock / "catalog.ecsv", "--out", run_dir, "--overwrite", "--members", a.members, "--steps", a.steps,
-               "--batch", a.batch, "--forward", a.forward, "--device", a.device, "--seed", a.fit_seed,
-               "--selection", "sdss2010-r<19.8", "--no-progress")
+        opts = dict(kv.split("=", 1) for kv in a.option)
+        opts = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in opts.items()}
+        from engine.population.api import fit
+
+        print(f"fit {mock / 'catalog.ecsv'} -> {run_dir} ({a.members} members x {a.steps} steps, options {opts})",
+              flush=True)
+        fit(mock / "catalog.ecsv", run_dir, overwrite=True, members=a.members, steps=a.steps, batch=a.batch,
+            forward=a.forward, device=a.device, seed=a.fit_seed, selection="sdss2010-r<19.8", redshift=a.redshift,
+            progress=False, **opts)
     import pyarrow.parquet as pq
     from astropy.table import Table
 
@@ -150,10 +181,11 @@ def main(argv=None) -> int:
         ok = np.isfinite(v)
         rec[name] = {"w1_over_sd": w1_over_sd(v[ok], t[np.isfinite(t)]), "target": TARGETS.get(name),
                      "pop_p50": float(np.median(v[ok])), "truth_p50": float(np.median(t))}
-    phot = photometric_check(run_dir, mock, a.device)
+    phot = photometric_check(run_dir, mock, a.device, independent=independent)
     res = {
         "mock": {"n": a.n, "seed": a.seed, "seconds": t_mock},
         "fit": {"members": a.members, "steps": a.steps, "batch": a.batch, "forward": run.config["forward"],
+                "redshift": run.config["train"]["redshift"], "entropy": run.config["train"].get("entropy", 0.0),
                 "converged": summ["converged"], "member_seconds": summ["member_seconds"],
                 "selected_fraction_of_population": float(sel.mean())},
         "recovery": rec,
@@ -170,7 +202,8 @@ def main(argv=None) -> int:
             tgt = f" (target <= {r['target']})" if r["target"] is not None else ""
             print(f"  {name:<16} W1/sd {r['w1_over_sd']:.3f}{tgt}")
         print(f"photometric distance {phot['distance_pred_obs']:.4f} vs noise floor {phot['noise_floor']:.4f}: "
-              f"{phot['ratio']:.2f}x (target <= 1.2)")
+              f"{phot['ratio']:.2f}x (target <= 1.2); vs same-galaxy floor "
+              f"{phot['noise_floor_same_galaxies']:.4f}: {phot['ratio_same_galaxies']:.2f}x")
         print("pass:", res["pass"])
     return 0
 

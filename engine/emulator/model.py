@@ -125,18 +125,10 @@ class Emulator:
 
     def band_tau(self, theta: torch.Tensor) -> torch.Tensor:
         """Diffuse-dust optical depth at each band's rest-frame effective wavelength, (N, B_all)."""
-        from engine.sps.dust import BUMP_LAMBDA0, BUMP_WIDTH, LAMBDA_V, R_V_CALZETTI, bump_strength
+        from engine.sps.dust import tau_ism_at
 
         lam = self._leff.unsqueeze(0) / (1.0 + theta[:, IDX["z"]]).unsqueeze(1)  # Å, rest frame
-        mic = lam * 1e-4
-        k_blue = 2.659 * (-2.156 + 1.509 / mic - 0.198 / mic**2 + 0.011 / mic**3) + R_V_CALZETTI
-        k_red = 2.659 * (-1.857 + 1.040 / mic) + R_V_CALZETTI
-        k12 = 2.659 * (-2.156 + 1.509 / 0.12 - 0.198 / 0.12**2 + 0.011 / 0.12**3) + R_V_CALZETTI
-        k = torch.where(mic < 0.12, k12 * (mic / 0.12) ** -0.77, torch.where(mic < 0.63, k_blue, k_red)).clamp(min=0)
-        n = theta[:, IDX["n_dust"]].unsqueeze(1)
-        drude = (lam * BUMP_WIDTH) ** 2 / ((lam**2 - BUMP_LAMBDA0**2) ** 2 + (lam * BUMP_WIDTH) ** 2)
-        shape = (k + bump_strength(n) * drude) / R_V_CALZETTI
-        return theta[:, IDX["tau2"]].unsqueeze(1) * shape * (lam / LAMBDA_V) ** n
+        return tau_ism_at(lam, theta[:, IDX["tau2"]].unsqueeze(1), theta[:, IDX["n_dust"]].unsqueeze(1))
 
     def h_magnitudes(self, theta: torch.Tensor) -> torch.Tensor:
         """h_b of the module docstring for the selected bands, shape (N, B)."""

@@ -19,6 +19,7 @@ Two builders:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -105,14 +106,32 @@ class PopulationFlow(nn.Module):
     def dim(self) -> int:
         return self.bijection.dim
 
+    def base_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws of the standard-normal base distribution (what :meth:`sample` pushes through)."""
+        return torch.randn(n, self.dim, generator=generator, device=self.bijection.lo.device)
+
     def sample_unconstrained(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        dev = self.bijection.lo.device
-        x = torch.randn(n, self.dim, generator=generator, device=dev)
-        u, _ = self.transform.inverse(x)
+        u, _ = self.transform.inverse(self.base_noise(n, generator))
         return u
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.bijection(self.sample_unconstrained(n, generator))
+
+    def push(self, x: torch.Tensor, with_log_prob: bool = False):
+        """Map base-normal draws ``x`` (n, D) to ``theta``; optionally also ``log q(theta)``.
+
+        ``sample(n, g)`` equals ``push(base_noise(n, g))``.  Pushing the same ``x`` twice gives the same
+        ``theta``, which lets the trainer draw many samples without gradients and then re-run only the
+        ones it keeps with gradients.  ``log q`` comes from the same pass (change of variables:
+        ``log N(x) - log|det du/dx| - log|det dtheta/du|``), so the entropy of the population costs
+        nothing extra.
+        """
+        u, logdet_inv = self.transform.inverse(x)
+        theta = self.bijection(u)
+        if not with_log_prob:
+            return theta
+        base = -0.5 * (x**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+        return theta, base - logdet_inv - self.bijection.log_abs_det_jacobian(u)
 
     def forward(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
         return self.sample(n, generator)

@@ -72,6 +72,8 @@ class TrainConfig:
     soft_selection: bool = True
     soft_width: float = 0.05  # floor of the smooth selection width, relative to the flux at the cut
     selection_pull: float = 0.0
+    entropy: float = 0.0  # weight of the -entropy term (maximum-entropy preference among equally good fits)
+    entropy_samples: int = 1024
     obs_cap: int = 50000
     converge_factor: float = 1.5
     diverge_nonfinite: int = 25
@@ -399,11 +401,15 @@ class Trainer:
         """
         penalty = None
         weights = None
-        with torch.set_grad_enabled(grad):
-            theta = flow.sample(n_draw, gen)
+        x_base = flow.base_noise(n_draw, gen)
+        # with cuts, all draws go through flow and forward model without gradients first; only the rows kept
+        # are pushed again with gradients (the same base draws give the same theta), so the backward pass
+        # costs the kept rows only, not all n_draw
+        with torch.set_grad_enabled(grad and not self.cuts):
+            theta = flow.push(x_base)
         if self.cuts:
             with torch.no_grad():
-                f0 = self.model.fluxes(theta.detach())
+                f0 = self.model.fluxes(theta)
                 sigma = self.noise.draw_sigma(f0, gen)
                 delta = sigma * torch.randn(f0.shape, generator=gen, device=f0.device, dtype=f0.dtype)
                 mask = selection_mask(f0 + amplitude * delta, self.bands, self.cuts)
@@ -415,16 +421,16 @@ class Trainer:
                     idx = torch.nonzero(mask[:cutoff] | near).squeeze(1)
                 else:
                     idx = pos[:n]
-            theta_all = theta
-            theta = theta_all[idx]
             if grad:
+                theta = flow.push(x_base[idx])
                 f = self.model.fluxes(theta)
                 if self.cfg.soft_selection:
                     sp = self._selection_prob(f, sigma[idx], amplitude)
                     weights = mask[idx].to(f.dtype) + (sp - sp.detach())
                 if pull > 0 and n_sel < n_draw:
-                    penalty = self._pull_penalty(theta_all, delta, mask, amplitude, gen, n, pull)
+                    penalty = self._pull_penalty(flow, x_base, delta, mask, amplitude, gen, n, pull)
             else:
+                theta = theta[idx]
                 f = f0[idx]
             noisy = f + amplitude * delta[idx]
         else:
@@ -461,7 +467,7 @@ class Trainer:
             p = p * torch.special.ndtr(sign * (fj - f_cut) / width)
         return p
 
-    def _pull_penalty(self, theta_all, delta, mask, amplitude, gen, n, pull):
+    def _pull_penalty(self, flow, x_base, delta, mask, amplitude, gen, n, pull):
         """Selection pull: ``pull * (rejected fraction) * mean softplus-distance (mag) beyond the cuts``
         over (a random subset of at most n/4 of) the rejected samples.
 
@@ -475,7 +481,7 @@ class Trainer:
         m = max(1, n // 4)
         if rej.numel() > m:
             rej = rej[torch.randperm(rej.numel(), generator=gen, device=rej.device)[:m]]
-        th = theta_all[rej]
+        th = flow.push(x_base[rej])
         f = self.model.fluxes(th) + amplitude * delta[rej]
         mags = asinh_mag(f, self.feat._t_soft(f))
         viol = []
@@ -507,6 +513,17 @@ class Trainer:
                                       x_weights=weights)
         return self.sinkhorn(pred, obs, blur, weights)
 
+    def neg_entropy(self, ms: MemberState) -> torch.Tensor:
+        """Monte-Carlo estimate of ``-H[q] = E_q[log q(theta)]`` (nats, physical units) from fresh draws.
+
+        With ``entropy > 0`` the training loss becomes ``OT + entropy * E_q[log q]``: among populations that
+        reproduce the catalog equally well (the colour-age-metallicity-dust degeneracies make many), it
+        prefers the least committal one, which is the variational form of a uniform prior over the box
+        (``E_q[log q] = KL(q || uniform) - log volume``).  Estimated on all draws, selected or not.
+        """
+        x = ms.flow.base_noise(self.cfg.entropy_samples, ms.gen)
+        return ms.flow.push(x, with_log_prob=True)[1].mean()
+
     @torch.no_grad()
     def validate(self, ms: MemberState) -> float:
         g = self._generator(ms.seed + 7919)  # the same stream at every validation
@@ -531,12 +548,16 @@ class Trainer:
             ms.accept = 0.8 * ms.accept + 0.2 * (n_sel / n_draw) if i > 0 else max(n_sel / n_draw, 1e-3)
         obs = self._obs_batch(ms.gen)
         ms.opt.zero_grad(set_to_none=True)
-        loss_v = math.nan
+        loss_v = ent_v = math.nan
         if feats.shape[0] >= 2 and (weights is None or float(weights.detach().sum()) >= 2):
             loss = self.train_loss(feats, obs, ms.gen, blur, weights)
             loss_v = float(loss.detach())
             if pen is not None:
                 loss = loss + pen
+            if cfg.entropy > 0:
+                neg_h = self.neg_entropy(ms)
+                ent_v = -float(neg_h.detach())
+                loss = loss + cfg.entropy * neg_h
             if math.isfinite(loss_v):
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(ms.flow.parameters(), cfg.grad_clip)
@@ -564,6 +585,8 @@ class Trainer:
         ev = {"event": "step", "member": ms.member, "step": i, "train_loss": _finite_or_none(loss_v),
               "val_loss": _finite_or_none(val), "noise": amp, "blur": blur, "lr": lr, "seconds": round(sec, 5),
               "n_draw": n_draw, "n_selected": n_sel}
+        if cfg.entropy > 0:
+            ev["entropy"] = _finite_or_none(ent_v)
         if ms.nonfinite >= cfg.diverge_nonfinite:
             ms.status = "diverged"
         return self._stamp(ev)

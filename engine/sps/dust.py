@@ -28,13 +28,23 @@ BUMP_WIDTH = 350.0
 LAMBDA_V = 5500.0
 
 
-def calzetti_k(wave_aa: np.ndarray) -> np.ndarray:
+def calzetti_k(wave_aa):
     """Calzetti et al. (2000) k(λ) = A(λ)/E(B−V), R_V = 4.05 (their Eq. 4).
 
     0.12–0.63 µm: 2.659 (−2.156 + 1.509/λ − 0.198/λ² + 0.011/λ³) + R_V;
     0.63–2.2 µm (continued to its zero near 3.1 µm): 2.659 (−1.857 + 1.040/λ) + R_V;
     below 0.12 µm: k(0.12 µm) (λ/0.12 µm)^−0.77.  λ in µm.
+
+    ``wave_aa`` [Å] may be a numpy array (float64 result) or a torch tensor (same dtype and
+    device, differentiable), so tabulated curves and per-galaxy wavelengths share one formula.
     """
+    k12 = 2.659 * (-2.156 + 1.509 / 0.12 - 0.198 / 0.12**2 + 0.011 / 0.12**3) + R_V_CALZETTI
+    if isinstance(wave_aa, torch.Tensor):
+        lam = wave_aa * 1e-4
+        k_blue = 2.659 * (-2.156 + 1.509 / lam - 0.198 / lam**2 + 0.011 / lam**3) + R_V_CALZETTI
+        k_red = 2.659 * (-1.857 + 1.040 / lam) + R_V_CALZETTI
+        k = torch.where(lam < 0.12, k12 * (lam / 0.12) ** -0.77, torch.where(lam < 0.63, k_blue, k_red))
+        return k.clamp(min=0.0)
     lam = np.asarray(wave_aa, dtype=np.float64) * 1e-4
     k = np.zeros_like(lam)
     blue = lam < 0.63
@@ -42,15 +52,28 @@ def calzetti_k(wave_aa: np.ndarray) -> np.ndarray:
     red = ~blue
     k[red] = 2.659 * (-1.857 + 1.040 / lam[red]) + R_V_CALZETTI
     uv = lam < 0.12
-    k12 = 2.659 * (-2.156 + 1.509 / 0.12 - 0.198 / 0.12**2 + 0.011 / 0.12**3) + R_V_CALZETTI
     k[uv] = k12 * (lam[uv] / 0.12) ** -0.77
     return np.clip(k, 0.0, None)
 
 
-def drude_profile(wave_aa: np.ndarray) -> np.ndarray:
-    """Drude profile of unit amplitude, centred at 2175 Å with FWHM 350 Å (Noll et al. 2009)."""
-    lam = np.asarray(wave_aa, dtype=np.float64)
+def drude_profile(wave_aa):
+    """Drude profile of unit amplitude, centred at 2175 Å with FWHM 350 Å (Noll et al. 2009).
+
+    numpy array or torch tensor in, the same out."""
+    lam = wave_aa if isinstance(wave_aa, torch.Tensor) else np.asarray(wave_aa, dtype=np.float64)
     return (lam * BUMP_WIDTH) ** 2 / ((lam**2 - BUMP_LAMBDA0**2) ** 2 + (lam * BUMP_WIDTH) ** 2)
+
+
+def tau_ism_at(wave_aa: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor, uv_bump: bool = True) -> torch.Tensor:
+    """Diffuse optical depth τ_ISM at arbitrary (e.g. per-galaxy rest-frame) wavelengths [Å].
+
+    All arguments broadcast against each other; the formula is that of the module docstring and
+    of :meth:`DustCurves.tau_ism` (which tabulates it on a fixed grid).
+    """
+    shape = calzetti_k(wave_aa)
+    if uv_bump:
+        shape = shape + bump_strength(n_dust) * drude_profile(wave_aa)
+    return tau2 * shape / R_V_CALZETTI * (wave_aa / LAMBDA_V) ** n_dust
 
 
 def bump_strength(n_dust: torch.Tensor) -> torch.Tensor:
