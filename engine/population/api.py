@@ -25,9 +25,10 @@ from engine.errors import PopsedError, RunDirError
 
 from .flow import FlowConfig
 from .noise import NoiseModel, pogson_mag
-from .run import (FORMAT_VERSION, History, Run, RunLock, atomic_torch_save, atomic_write_json, atomic_write_parquet,
+from .run import (FORMAT_VERSION, History, Run, RunLock, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_parquet,
                   check_overwritable, clear_run_files, is_run_dir, read_history, read_json, torch_load, truncate_events)
 from .selection import check_cuts, parse_selection
+from .stream import StreamOptions
 from .train import Observed, TrainConfig, Trainer, ensemble_report, prepare_observed
 
 FORWARD_KINDS = ("auto", "emulator", "sps")
@@ -158,7 +159,9 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
              loss: str = "sliced", forward="auto", redshift: str = "free", selection=None, device="auto",
              seed: int = 0, resume: bool = False, overwrite: bool = False, z_max: float = 0.65,
              emulator_path=None, checkpoint_every: int = 50, checkpoint_seconds: float = 30.0,
-             preview_every: int = 25, stop_requested=None, **options) -> Iterator[dict]:
+             preview_every: int = 25, stop_requested=None, workers: int | None = None, scheduler: str | None = None,
+             client=None, retries: int = 2, stream: str | bool = "auto", stream_options: dict | None = None,
+             **options) -> Iterator[dict]:
     """Run (or resume) a population fit into run directory ``out``; yields every event.
 
     ``catalog``: a path (read with :func:`engine.catalog.read_catalog`) or a catalog object.
@@ -167,14 +170,27 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
     :class:`~engine.population.train.TrainConfig` fields (``lr``, ``n_proj``, ``noise_ramp``, ``flow=...``).
     ``stop_requested``: optional callable polled between steps; when true the run is checkpointed and
     ``KeyboardInterrupt`` is raised (the CLI wires Ctrl-C to it).
+
+    Beyond one process (:mod:`engine.population.distributed`): ``workers=N`` trains the members in
+    parallel on a local dask cluster of N worker processes, ``scheduler="tcp://HOST:PORT"`` on an
+    existing cluster, ``client=`` on a given ``distributed.Client``; ``retries`` is how often a failed
+    member task is retried.  Without any of them the members are trained one after the other in this
+    process, exactly as before.
+
+    Large catalogs (:mod:`engine.population.stream`): ``stream="auto"`` streams Parquet catalogs with
+    more than :data:`engine.catalog.STREAM_MIN_ROWS` rows from the file (``True``/``"on"``: always,
+    ``False``/``"off"``: never); ``stream_options``: :class:`~engine.population.stream.StreamOptions`
+    fields.
     """
     out = Path(out)
     dev = resolve_device(device)
+    distributed = bool(workers or scheduler or client is not None)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out).acquire()
     history = History(out / "history.jsonl")
+    cat = None
     try:
         existing = [p for p in out.iterdir() if p.name != "run.lock" and not p.name.startswith(".")]
         resuming = False
@@ -196,9 +212,21 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
             if cfg_json.get("format_version") != FORMAT_VERSION:
                 raise RunDirError(f"{out}/config.json has format_version {cfg_json.get('format_version')!r}; expected {FORMAT_VERSION}")
             cfg = TrainConfig.from_dict(cfg_json["train"])
-            cat = load_catalog(catalog if catalog is not None else cfg_json["catalog"]["path"], cfg_json["bands"])
+            streaming = "stream" in cfg_json
+            cat_src = catalog if catalog is not None else cfg_json["catalog"]["path"]
+            if streaming:
+                from engine.catalog import open_catalog_stream
+
+                sopts = StreamOptions.from_dict(cfg_json["stream"])
+                cat = open_catalog_stream(str(cat_src), bands=cfg_json.get("catalog_bands", cfg_json["bands"]),
+                                          chunk_rows=sopts.chunk_rows)
+            else:
+                cat = load_catalog(cat_src, cfg_json["bands"])
             if cat.sha256 != cfg_json["catalog"]["sha256"]:
                 raise RunDirError(f"the catalog's sha256 differs from the one {out} was fitted to; resume needs the same catalog")
+            fdesc = cfg_json["forward"]
+            model_bands_arg = list(cfg_json["bands"])
+            fit_z_max = cfg_json.get("z_max", z_max)
             if hasattr(forward, "fluxes"):
                 model = forward
             else:
@@ -208,17 +236,27 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
             cuts = parse_selection(cfg_json["selection"])
         else:
             cfg = TrainConfig(members=members, steps=steps, batch=batch, loss=loss, redshift=redshift, seed=seed, **options)
-            cat = load_catalog(catalog, bands)
+            streaming = _want_stream(catalog, stream)
+            if streaming:
+                from engine.catalog import open_catalog_stream
+
+                sopts = StreamOptions.from_dict(stream_options)
+                want = None if bands in (None, "auto") else bands
+                cat = open_catalog_stream(str(catalog), bands=want, chunk_rows=sopts.chunk_rows)
+            else:
+                cat = load_catalog(catalog, bands)
             cuts = parse_selection(selection)
             check_cuts(cuts, cat.bands)
+            model_bands_arg = list(getattr(cat, "filters", None) or cat.bands)
+            fit_z_max = z_max
             if hasattr(forward, "fluxes"):
                 model, fdesc = forward, {"kind": "custom", "class": type(forward).__name__}
             else:
-                model, fdesc = make_forward_model(forward, getattr(cat, "filters", None) or cat.bands, dev, z_max, emulator_path)
+                model, fdesc = make_forward_model(forward, model_bands_arg, dev, z_max, emulator_path)
             if len(model.bands) != len(cat.bands):
                 raise PopsedError(f"forward model bands {list(model.bands)} do not match the catalog bands {list(cat.bands)}")
             model_bands = tuple(model.bands)
-            noise = NoiseModel.fit(cat.flux, cat.flux_err, model_bands)
+            noise = None if streaming else NoiseModel.fit(cat.flux, cat.flux_err, model_bands)
             bounds = torch.as_tensor(model.bounds).detach().cpu().double()
             zmax_eff = float(bounds[list(model.param_names).index("z"), 1]) if "z" in model.param_names else None
             if redshift == "observed":
@@ -233,7 +271,8 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
                 "format_version": FORMAT_VERSION,
                 "popsed_version": _popsed_version(),
                 "catalog": {"path": None if getattr(cat, "path", None) is None else str(Path(cat.path).resolve()),
-                            "sha256": cat.sha256, "n_rows": int(np.asarray(cat.flux).shape[0])},
+                            "sha256": cat.sha256,
+                            "n_rows": int(cat.n_file_rows if streaming else np.asarray(cat.flux).shape[0])},
                 "bands": list(model_bands),
                 "catalog_bands": list(cat.bands),
                 "forward": fdesc, "loss": cfg.loss, "members": cfg.members, "steps": cfg.steps, "batch": cfg.batch,
@@ -243,15 +282,39 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
                 "derived_names": list(getattr(model, "derived_names", ())),
                 "device": str(dev), "versions": _versions(), "train": cfg.to_dict(),
             }
+            if streaming:
+                cfg_json["stream"] = sopts.to_dict()
+            if distributed:
+                cfg_json["execution"] = {"workers": workers, "scheduler": scheduler, "retries": int(retries)}
         # selection bands refer to the model's band names
         cuts = [type(c)(_map_band(c.band, cat.bands, model.bands), c.op, c.value) for c in cuts]
-        obs = prepare_observed(cat.flux, cat.flux_err, tuple(model.bands), cat.z_spec, cuts, cfg.redshift,
-                               cfg.val_fraction, cfg.seed)
-        trainer = Trainer(model, obs, noise, cuts, cfg, dev)
+        if streaming:
+            from .stream import StreamingTrainer, prepare_streamed
+
+            if resuming:
+                obs = _read_observed(out, tuple(model.bands), cfg_json)
+            else:
+                obs, noise = prepare_streamed(cat, tuple(model.bands), cuts, cfg, sopts)
+            trainer = StreamingTrainer(model, obs, noise, cuts, cfg, dev, cat, sopts)
+        else:
+            obs = prepare_observed(cat.flux, cat.flux_err, tuple(model.bands), cat.z_spec, cuts, cfg.redshift,
+                                   cfg.val_fraction, cfg.seed)
+            trainer = Trainer(model, obs, noise, cuts, cfg, dev)
         trainer.preview_every = preview_every
 
         states = {}
-        if resuming:
+        failed: dict[int, str] = {}
+        if resuming and distributed:
+            states, next_steps = _load_all_checkpoints(out, trainer, cfg)
+            events = _truncate_events_multi(read_history(out / "history.jsonl"), states, next_steps)
+            history.rewrite(events)
+            trainer.time_offset = float(events[-1].get("time", 0.0)) if events else 0.0
+            history.open()
+            todo = [k for k in range(cfg.members) if not (k in states and states[k].finished)]
+            start = {"event": "start", "resumed": True, "from_member": min(todo) if todo else cfg.members,
+                     "from_step": next_steps.get(min(todo), 0) if todo else 0,
+                     "from_steps": {str(k): next_steps.get(k, 0) for k in todo}}
+        elif resuming:
             states, finished, current, next_step = _load_checkpoints(out, trainer, cfg)
             events = truncate_events(read_history(out / "history.jsonl"), finished, current, next_step)
             history.rewrite(events)
@@ -275,46 +338,38 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
         yield start
 
         previews: dict[int, dict] = {}
-        last_ckpt = {"step": -1, "t": time.time()}
-        gen = trainer.events(states)
-        try:
-            for ev in gen:
-                history.append(ev)
-                ms = trainer.current
-                if ev["event"] == "step":
-                    if trainer.last_preview is not None and trainer.last_preview["step"] == ev["step"]:
-                        previews[ms.member] = trainer.last_preview
-                        _write_preview(out, previews, model.bands)
-                    due = (ev["step"] - last_ckpt["step"] >= checkpoint_every
-                           or time.time() - last_ckpt["t"] >= checkpoint_seconds)
-                    stop = stop_requested is not None and stop_requested()
-                    if due or stop:
-                        _save_checkpoint(out, trainer, ms)
-                        last_ckpt.update(step=ev["step"], t=time.time())
-                    if stop:
-                        raise KeyboardInterrupt
-                elif ev["event"] == "member_done":
-                    _save_flow(out, trainer, ms, cfg)
-                    _save_checkpoint(out, trainer, ms)
-                    states[ms.member] = _light(ms)
-                    last_ckpt.update(step=-1, t=time.time())
-                yield ev
-        except GeneratorExit:
-            # the consumer stopped iterating: the trainer sits between steps, so its state is consistent
-            ms = getattr(trainer, "current", None)
-            if ms is not None and not ms.finished:
-                _save_checkpoint(out, trainer, ms)
-            raise
+        if distributed:
+            spec = {"train": cfg.to_dict(), "forward": fdesc, "model_bands": model_bands_arg, "z_max": fit_z_max,
+                    "forward_object": model if (hasattr(forward, "fluxes") or fdesc.get("kind") == "custom") else None,
+                    "device": str(device), "noise": noise.to_dict(), "cuts": [c.to_dict() for c in cuts],
+                    "checkpoint_every": int(checkpoint_every), "checkpoint_seconds": float(checkpoint_seconds),
+                    "preview_every": int(preview_every),
+                    "stream": ({"path": str(Path(cat.path).resolve()), "catalog_bands": list(cat.bands),
+                                "options": sopts.to_dict()} if streaming else None)}
+            yield from _run_distributed(out, history, trainer, cfg, spec, obs, states, failed, previews, model,
+                                        workers=workers, scheduler=scheduler, client=client, retries=retries,
+                                        stop_requested=stop_requested)
+        else:
+            yield from _run_sequential(out, history, trainer, cfg, states, previews, model, checkpoint_every,
+                                       checkpoint_seconds, stop_requested)
 
         # ------------------------------------------------------------------ results
         for k in range(cfg.members):
+            if k in failed:
+                continue
             if k not in states or states[k].best_flow is None:
                 sd = torch_load(out / "checkpoints" / f"member_{k}.pt", "checkpoint")
                 states[k] = trainer.load_member(sd)
         member_rows = [{"member": k, "status": states[k].status, "best_val_loss": _fin(states[k].best_val),
                         "best_step": states[k].best_step, "final_val_loss": _fin(states[k].last_val),
-                        "seconds": round(states[k].seconds, 3)} for k in range(cfg.members)]
+                        "seconds": round(states[k].seconds, 3)} if k not in failed else
+                       {"member": k, "status": "failed", "best_val_loss": None, "best_step": None,
+                        "final_val_loss": None, "seconds": None} for k in range(cfg.members)]
         rep = ensemble_report(member_rows, cfg.converge_factor, trainer.noise_floor)
+        for row in rep["members"]:
+            if row["member"] in failed:
+                row["status"] = "failed"
+                row["note"] = f"task failed on the cluster: {failed[row['member']]}"
         pop_cols: dict[str, list] = {}
         for k in rep["converged"]:
             cols = trainer.population(states[k])
@@ -325,14 +380,186 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
             atomic_write_parquet(out / "population.parquet", pop)
         summary = _summary(cfg, cfg_json if not resuming else read_json(out / "config.json"), rep, pop, trainer,
                            list(model.param_names), list(pop.keys()))
+        if failed:
+            summary["failed"] = sorted(failed)
+            summary["notes"].append(
+                f"members {sorted(failed)} failed on the cluster and are not in population.parquet "
+                f"({'; '.join(f'{k}: {v}' for k, v in sorted(failed.items()))}); `popsed fit --resume` trains them again")
         atomic_write_json(out / "summary.json", summary)
         done = trainer._stamp({"event": "done", "status": "complete", "converged": rep["converged"],
-                               "dropped": rep["dropped"]})
+                               "dropped": rep["dropped"], **({"failed": sorted(failed)} if failed else {})})
         history.append(done)
         yield done
     finally:
+        if cat is not None and hasattr(cat, "close"):
+            cat.close()
         history.close()
         lock.release()
+
+
+def _run_sequential(out, history, trainer, cfg, states, previews, model, checkpoint_every, checkpoint_seconds,
+                    stop_requested) -> Iterator[dict]:
+    """Members one after the other in this process (the behaviour without a cluster)."""
+    last_ckpt = {"step": -1, "t": time.time()}
+    gen = trainer.events(states)
+    try:
+        for ev in gen:
+            history.append(ev)
+            ms = trainer.current
+            if ev["event"] == "step":
+                if trainer.last_preview is not None and trainer.last_preview["step"] == ev["step"]:
+                    previews[ms.member] = trainer.last_preview
+                    _write_preview(out, previews, model.bands)
+                due = (ev["step"] - last_ckpt["step"] >= checkpoint_every
+                       or time.time() - last_ckpt["t"] >= checkpoint_seconds)
+                stop = stop_requested is not None and stop_requested()
+                if due or stop:
+                    _save_checkpoint(out, trainer, ms)
+                    last_ckpt.update(step=ev["step"], t=time.time())
+                if stop:
+                    raise KeyboardInterrupt
+            elif ev["event"] == "member_done":
+                _save_flow(out, trainer, ms, cfg)
+                _save_checkpoint(out, trainer, ms)
+                states[ms.member] = _light(ms)
+                last_ckpt.update(step=-1, t=time.time())
+            yield ev
+    except GeneratorExit:
+        # the consumer stopped iterating: the trainer sits between steps, so its state is consistent
+        ms = getattr(trainer, "current", None)
+        if ms is not None and not ms.finished:
+            _save_checkpoint(out, trainer, ms)
+        raise
+
+
+def _run_distributed(out, history, trainer, cfg, spec, obs, states, failed, previews, model, *, workers, scheduler,
+                     client, retries, stop_requested) -> Iterator[dict]:
+    """Members as dask tasks (:mod:`engine.population.distributed`); this process writes the run."""
+    from . import distributed as dd
+
+    todo: dict[int, bytes | None] = {}
+    for k in range(cfg.members):
+        ms = states.get(k)
+        if ms is not None and ms.finished:
+            continue
+        todo[k] = dd.state_to_bytes(trainer.member_state_dict(ms)) if ms is not None else None
+    if not todo:
+        return
+    payload = {"bands": list(obs.bands), "flux": obs.flux, "flux_err": obs.flux_err, "z_spec": obs.z_spec,
+               "split": np.asarray(obs.split).astype(str), "report": obs.report}
+    c, close, threads = dd.open_client(workers, scheduler, client)
+    spec = dict(spec, torch_threads=threads)
+    try:
+        for msg in dd.run_members(c, spec, payload, todo, retries=retries, stop_requested=stop_requested):
+            kind = msg[0]
+            if kind == "event":
+                _, ev, prev, ckpt = msg
+                ev["time"] = round(trainer.now(), 4)
+                history.append(ev)
+                k = ev["member"]
+                if prev is not None:
+                    previews[k] = {"member": k, "step": prev["step"], "mag": prev["mag"]}
+                    _write_preview(out, previews, model.bands)
+                if ckpt is not None:
+                    atomic_write_bytes(out / "checkpoints" / f"member_{k}.pt", ckpt)
+                yield ev
+            elif kind == "retry":
+                _, k, from_step, attempt = msg
+                kept = [e for e in read_history(out / "history.jsonl")
+                        if not (e.get("member") == k and e.get("event") in ("step", "member_done")
+                                and int(e.get("step", from_step)) >= from_step)]
+                history.rewrite(kept)
+                history.open()
+                ev = trainer._stamp({"event": "member_retry", "member": k, "from_step": from_step, "attempt": attempt})
+                history.append(ev)
+                yield ev
+            elif kind == "result":
+                _, k, data, done_ev = msg
+                ms = trainer.load_member(dd.state_from_bytes(data))
+                _save_flow(out, trainer, ms, cfg)
+                _save_checkpoint(out, trainer, ms)
+                states[k] = ms
+                ev = done_ev or {"event": "member_done", "member": k, "status": ms.status,
+                                 "best_val_loss": _fin(ms.best_val), "best_step": ms.best_step,
+                                 "final_val_loss": _fin(ms.last_val), "seconds": round(ms.seconds, 3)}
+                ev["time"] = round(trainer.now(), 4)
+                history.append(ev)
+                yield ev
+            elif kind == "failed":
+                _, k, text, attempts = msg
+                failed[k] = f"{text} (after {attempts} attempt{'s' if attempts != 1 else ''})"
+                ev = trainer._stamp({"event": "member_failed", "member": k, "error": text, "attempts": attempts})
+                history.append(ev)
+                yield ev
+    finally:
+        close()
+
+
+def _want_stream(catalog, stream) -> bool:
+    """Whether to stream the catalog from its Parquet file (see :func:`iter_fit`)."""
+    if stream in (False, "off", "no", "never"):
+        return False
+    if hasattr(catalog, "flux") or catalog is None:
+        if stream in (True, "on", "yes", "always"):
+            raise PopsedError("streaming needs a Parquet catalog file, not an in-memory catalog")
+        return False
+    if stream in (True, "on", "yes", "always"):
+        return True
+    if stream not in ("auto", None):
+        raise PopsedError(f"--stream must be auto, on or off, got {stream!r}")
+    from engine.catalog import STREAM_MIN_ROWS, parquet_num_rows
+
+    n = parquet_num_rows(catalog)
+    return n is not None and n > STREAM_MIN_ROWS
+
+
+def _read_observed(out: Path, bands, cfg_json: dict) -> Observed:
+    """The resident rows of a streamed fit, back from ``observed.parquet`` (for ``--resume``)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(out / "observed.parquet")
+    flux = np.stack([t.column(f"flux_{b}").to_numpy() for b in bands], axis=1)
+    err = np.stack([t.column(f"flux_err_{b}").to_numpy() for b in bands], axis=1)
+    z = t.column("z_spec").to_numpy() if "z_spec" in t.column_names else None
+    split = np.asarray(t.column("split").to_pylist()).astype(str)
+    return Observed(tuple(bands), flux, err, z, split, dict(cfg_json.get("observed") or {}))
+
+
+def _load_all_checkpoints(out: Path, trainer: Trainer, cfg: TrainConfig):
+    """Every member's checkpoint (members run in parallel may all be part-way): states, next step."""
+    states, next_steps = {}, {}
+    for k in range(cfg.members):
+        p = out / "checkpoints" / f"member_{k}.pt"
+        if not p.is_file():
+            next_steps[k] = 0
+            continue
+        sd = torch_load(p, "checkpoint")
+        if not isinstance(sd, dict) or sd.get("format") != "popsed-checkpoint":
+            raise RunDirError(f"{p} is not a popsed checkpoint")
+        ms = trainer.load_member(sd)
+        states[k] = ms
+        next_steps[k] = ms.step
+    return states, next_steps
+
+
+def _truncate_events_multi(events: list[dict], states: dict, next_steps: dict[int, int]) -> list[dict]:
+    """Events kept when resuming a run whose members ran in parallel: every ``start``; all events of
+    finished members; step events of the others before their checkpoint's step."""
+    keep = []
+    for e in events:
+        kind = e.get("event")
+        if kind == "start":
+            keep.append(e)
+            continue
+        k = e.get("member")
+        if k is None:
+            continue
+        fin = k in states and states[k].finished
+        if fin and kind in ("step", "member_done"):
+            keep.append(e)
+        elif not fin and kind == "step" and int(e.get("step", -1)) < next_steps.get(k, 0):
+            keep.append(e)
+    return keep
 
 
 def fit(catalog, out, *, progress: bool = False, **kwargs) -> Run:

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from engine.errors import RunDirError
+from engine.errors import PopsedError, RunDirError
 
 
 def add_subparser(sub) -> None:
@@ -35,6 +35,14 @@ def add_subparser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=None,
+                   help="train the members in parallel on a local dask cluster of N worker processes")
+    p.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="train the members on an existing dask.distributed cluster")
+    p.add_argument("--retries", type=int, default=2, help="retries of a failed member task (with --workers/--scheduler)")
+    p.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                   help="stream a Parquet catalog from the file instead of reading it whole "
+                        "(auto: above 2 million rows)")
     p.set_defaults(func=_cmd_fit)
 
     s = sub.add_parser("summary", help="summarise a run directory",
@@ -50,6 +58,10 @@ def _cmd_fit(args) -> int:
 
     if args.resume and args.overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
+    if args.workers is not None and args.scheduler:
+        raise PopsedError("--workers and --scheduler exclude each other (the scheduler's cluster has its own workers)")
+    if args.workers is not None and args.workers < 1:
+        raise PopsedError(f"--workers must be >= 1, got {args.workers}")
     opts = {}
     if args.lr is not None:
         opts["lr"] = args.lr
@@ -62,7 +74,8 @@ def _cmd_fit(args) -> int:
                   loss=args.loss, forward=args.forward, emulator_path=args.emulator, redshift=args.redshift,
                   selection=args.selection, device=args.device, seed=args.seed, resume=args.resume,
                   overwrite=args.overwrite, z_max=args.z_max, checkpoint_every=args.checkpoint_every,
-                  progress=not args.no_progress, **opts)
+                  progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
+                  retries=args.retries, stream=args.stream, **opts)
     except KeyboardInterrupt:
         print(f"popsed fit: interrupted; a checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
         return 130
