@@ -25,6 +25,11 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch", type=int, default=1024)
     t.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     t.add_argument("--check-n", type=int, default=20000, help="fresh θ for the accuracy stored in the file")
+    t.add_argument("--workers", type=int, default=None,
+                   help="generate the SPS training set in parallel chunks on a local dask cluster of N processes")
+    t.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="generate the SPS training set on an existing dask.distributed cluster")
+    t.add_argument("--chunk", type=int, default=100_000, help="galaxies per training-set chunk (with --workers/--scheduler)")
     t.set_defaults(func=_train)
 
     c = esub.add_parser("check", help="accuracy and speed of an emulator against the direct SPS")
@@ -56,10 +61,18 @@ def _train(args) -> int:
         hidden = tuple(int(h) for h in args.hidden.split(","))
     except ValueError:
         raise PopsedError(f"--hidden must be comma-separated integers, got '{args.hidden}'") from None
+    if args.workers is not None and args.scheduler:
+        raise PopsedError("--workers and --scheduler exclude each other")
+    if args.workers is not None and args.workers < 1:
+        raise PopsedError(f"--workers must be >= 1, got {args.workers}")
+    if args.chunk < 1:
+        raise PopsedError(f"--chunk must be >= 1, got {args.chunk}")
+    parallel = ({"workers": args.workers, "scheduler": args.scheduler, "chunk": args.chunk}
+                if (args.workers or args.scheduler) else None)
     try:
         res = train_emulator(bands, args.n_train, seed=args.seed, device=_device(args.device), z_max=args.z_max,
                              hidden=hidden, epochs=args.epochs, batch=args.batch, max_minutes=args.max_minutes,
-                             log=lambda s: print(s, file=sys.stderr))
+                             log=lambda s: print(s, file=sys.stderr), parallel=parallel)
     except ValueError as exc:
         raise PopsedError(str(exc)) from None
     emu = res.emulator

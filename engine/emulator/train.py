@@ -130,7 +130,7 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
 def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=None, z_max: float = DEFAULT_Z_MAX,
                    hidden: Sequence[int] = (256, 256, 256, 256), epochs: int = 400, batch: int = 1024,
                    max_minutes: float | None = None, cosmology: str = "Planck18", progress: bool = True,
-                   log: Callable[[str], None] | None = print) -> TrainResult:
+                   log: Callable[[str], None] | None = print, parallel: dict | None = None) -> TrainResult:
     """Generate a training set with the SPS and train an emulator for ``bands``."""
     from engine import __version__
     from engine.emulator.model import resolve_cosmology
@@ -138,9 +138,9 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
 
     t0 = time.perf_counter()
     sps = SPSModel(list(bands), cosmology=resolve_cosmology(cosmology), device=device, z_max=z_max)
-    g = torch.Generator().manual_seed(seed)
-    theta = uniform_theta(sps.bounds, n_train, g)
-    y = sps_targets(sps, theta, progress=progress)
+    from engine.emulator.dataset import sps_training_set  # parallel: workers / scheduler / client / chunk
+
+    theta, y = sps_training_set(sps, n_train, seed, cosmology=cosmology, progress=progress, log=log, **(parallel or {}))
     t_gen = time.perf_counter() - t0
     if log:
         log(f"training set: {n_train} galaxies from the SPS in {t_gen:.0f} s")

@@ -82,6 +82,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, client
     cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                        silence_logs=logging.ERROR)
     c = distributed.Client(cluster)
+    c.wait_for_workers(n, timeout=120)
 
     def close() -> None:
         c.close()
@@ -166,6 +167,10 @@ def train_member(spec: dict, observed: dict, member: int, state: bytes | None) -
 
 
 # ---------------------------------------------------------------------------------------------- client side
+def _payload(observed: dict) -> dict:
+    return observed
+
+
 def _drain(q, wait: float) -> list:
     """Everything waiting in the queue; when empty, sleep ``wait`` seconds and look once more.
 
@@ -198,7 +203,16 @@ def run_members(client, spec: dict, observed: dict, todo: dict[int, bytes | None
     tag = uuid.uuid4().hex[:12]
     spec = dict(spec, queue=f"popsed-events-{tag}")
     q = Queue(spec["queue"], client=client)
-    obs_f = client.scatter([observed], hash=False)[0]
+    # the observed rows as the result of a task (recomputed by dask if every copy is lost with its workers,
+    # which scattered data would not be), copied to every worker (dask places tasks where their data is)
+    from distributed import wait
+
+    obs_f = client.submit(_payload, observed, key=f"popsed-observed-{tag}", pure=False)
+    wait([obs_f])
+    try:
+        client.replicate([obs_f])
+    except Exception:  # pragma: no cover - e.g. a worker leaving meanwhile; locality only
+        pass
     futs = {k: client.submit(train_member, spec, obs_f, k, state, key=f"popsed-member-{k}-{tag}",
                              retries=int(retries), pure=False)
             for k, state in sorted(todo.items())}
