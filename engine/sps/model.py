@@ -236,15 +236,87 @@ class SPSModel:
         comp = self._components(theta)
         lnu = self._lnu_per_mass(comp, self._ssp_young_win, self._ssp_old_win, self._ssp_lnu_win, self.dust_win)  # (N, W)
         z = comp["z"]
+        band = self._observe(lnu, z)  # (N, B): ∫ L_ν R dlnλ / ∫ R dlnλ
+        return band * torch.exp(math.log(10.0) * comp["log_mformed"] + self.ln_flux_scale(z)).unsqueeze(1)
+
+    def ln_flux_scale(self, z: torch.Tensor) -> torch.Tensor:
+        """ln of the factor turning a band luminosity per M☉ formed (:meth:`_observe` units) into
+        nanomaggies per M☉ formed at redshift z: (1 + z) / (4π D_L²) and the unit constants, (N,)."""
+        return torch.log1p(z) - 2.0 * torch.log(self.cosmo.luminosity_distance_mpc(z)) + _LN_FLUX_CONST
+
+    def _observe(self, lnu: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Redshift rest-frame L_ν (N, ..., W) (window grid) by z (N,) and average it over each band's
+        response in ln λ: (N, ..., B), in units of 1e20 erg/s/Hz per M☉ formed.  Shifts are linear
+        interpolation between whole log-λ bins, so the result is differentiable in z."""
         s = torch.log1p(z) / self.dlnlam
         k = s.detach().floor().long().clamp(0, self.max_shift - 1)
         a = (s - k.to(s.dtype)).unsqueeze(1)
         idx = self._obs_idx.unsqueeze(0) - k.unsqueeze(1)  # (N, J) rest index of each observed bin
+        if lnu.ndim > 2:
+            lead = lnu.shape[1:-1]
+            flat = lnu.reshape(lnu.shape[0], -1, lnu.shape[-1])
+            ix = idx.unsqueeze(1).expand(-1, flat.shape[1], -1)
+            shifted = (1.0 - a.unsqueeze(1)) * flat.gather(2, ix) + a.unsqueeze(1) * flat.gather(2, ix - 1)
+            return (shifted @ self._resp).reshape(lnu.shape[0], *lead, -1)
         shifted = (1.0 - a) * lnu.gather(1, idx) + a * lnu.gather(1, idx - 1)
-        band = shifted @ self._resp  # (N, B): ∫ L_ν R dlnλ / ∫ R dlnλ
-        d_l = self.cosmo.luminosity_distance_mpc(z)
-        ln_scale = math.log(10.0) * comp["log_mformed"] + torch.log1p(z) - 2.0 * torch.log(d_l) + _LN_FLUX_CONST
-        return band * torch.exp(ln_scale).unsqueeze(1)
+        return shifted @ self._resp
+
+    # ------------------------------------------------------------------ the linear decomposition
+    def basis_band_luminosities(self, z: torch.Tensor, tau1: torch.Tensor, tau2: torch.Tensor,
+                                n_dust: torch.Tensor) -> torch.Tensor:
+        """Band luminosity per M☉ formed of each pure SFH basis at each metallicity node, (N, n_Z, 4, B).
+
+        The SPS is linear in everything but redshift and dust: for galaxy θ, with basis weights β
+        (stick-breaking of κ), node weights w_Z (linear in Z between grid metallicities) and the effective
+        burst fraction f,
+
+            band_b(θ) = Σ_k w_Z,k [ (1 − f) Σ_i β_i L[k, i, b](z, τ1, τ2, n) + f L_burst[k, b](z, τ2, n, t_burst) ],
+
+        and the surviving mass per M☉ formed is the same combination of :meth:`component_survival`.
+        This method gives L (see :meth:`burst_band_luminosities` for L_burst), in the units of
+        :meth:`_observe`; the emulator (:mod:`engine.emulator.basis`) learns these functions of three or
+        four parameters instead of the full θ.  Inputs are (N,) tensors on the model's device.
+        """
+        out = []
+        for s in range(0, z.shape[0], max(1, self.batch_size // 16)):
+            sl = slice(s, s + max(1, self.batch_size // 16))
+            out.append(self._basis_chunk(z[sl], tau1[sl], tau2[sl], n_dust[sl]))
+        return torch.cat(out, 0)
+
+    def _basis_weights(self, t_age: torch.Tensor) -> torch.Tensor:
+        """Age-bin mass fractions of each pure basis, (N, 4, A)."""
+        n = t_age.shape[0]
+        eye = torch.eye(4, device=self.device, dtype=self.dtype)
+        return torch.stack([sfh_mod.smooth_bin_weights(eye[i].expand(n, 4), t_age, self.age_edges_gyr)
+                            for i in range(4)], dim=1)
+
+    def _basis_chunk(self, z, tau1, tau2, n_dust) -> torch.Tensor:
+        w = self._basis_weights(self.cosmo.age_gyr(z))  # (N, 4, A)
+        ny = self.n_young
+        young = self._ssp_young_win.reshape(self.n_z, ny, -1)
+        old = self._ssp_old_win.reshape(self.n_z, self.n_age - ny, -1)
+        att_bc = torch.exp(-self.dust_win.tau_birth_cloud(tau1))[:, None, None, :]
+        att_ism = torch.exp(-self.dust_win.tau_ism(tau2, n_dust))[:, None, None, :]
+        lnu = torch.einsum("nia,kaw->nkiw", w[:, :, ny:], old) + att_bc * torch.einsum("nia,kaw->nkiw", w[:, :, :ny], young)
+        return self._observe(att_ism * lnu, z)
+
+    def burst_band_luminosities(self, z: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor,
+                                t_burst: torch.Tensor) -> torch.Tensor:
+        """Band luminosity per M☉ formed of a burst of age ``t_burst`` [Gyr] at each metallicity node,
+        (N, n_Z, B) (see :meth:`basis_band_luminosities`).  Bursts are older than 10 Myr: no birth clouds."""
+        kb, ab = sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages)
+        ssp = self._ssp_lnu_win.reshape(self.n_z, self.n_ssp, -1)
+        lnu = (1.0 - ab)[:, None, None] * ssp[:, kb].transpose(0, 1) + ab[:, None, None] * ssp[:, kb + 1].transpose(0, 1)
+        att_ism = torch.exp(-self.dust_win.tau_ism(tau2, n_dust))[:, None, :]
+        return self._observe(att_ism * lnu, z)
+
+    def component_survival(self, z: torch.Tensor, t_burst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Surviving mass per M☉ formed of each pure basis (N, n_Z, 4) and of the burst (N, n_Z)."""
+        w = self._basis_weights(self.cosmo.age_gyr(z))
+        s_basis = torch.einsum("nia,ka->nki", w, self.live_frac)
+        kb, ab = sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages)
+        s_burst = (1.0 - ab)[:, None] * self.ssp_live[:, kb].T + ab[:, None] * self.ssp_live[:, kb + 1].T
+        return s_basis, s_burst
 
     def magnitudes(self, theta: torch.Tensor) -> torch.Tensor:
         """AB magnitudes, shape (N, n_bands).
