@@ -12,6 +12,9 @@ import sys
 import time
 
 import torch
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def fwd_bwd_rate(model, theta: torch.Tensor, repeats: int) -> float:

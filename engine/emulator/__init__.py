@@ -1,7 +1,8 @@
 """Neural SED emulator (Speculator-style, Alsing et al. 2020), a drop-in for the direct SPS.
 
 - :mod:`~engine.emulator.network` -- the MLP with the Speculator activation;
-- :mod:`~engine.emulator.model` -- :class:`Emulator`, :func:`load`, :func:`save` (why photometric);
+- :mod:`~engine.emulator.model` -- :class:`Emulator`, :func:`load`, :func:`save` (the design: the SPS's exact
+  linear structure around two small networks for the redshift- and dust-dependent component luminosities);
 - :mod:`~engine.emulator.train` -- training sets from the SPS and the training loop;
 - :mod:`~engine.emulator.check` -- accuracy and throughput against the SPS;
 - :mod:`~engine.emulator.cli` -- ``popsed emulator train|check|info``.

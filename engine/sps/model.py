@@ -47,6 +47,40 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def metallicity_weights(log_zmet: torch.Tensor, zmet_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear-in-Z interpolation between grid metallicities (as bagpipes).
+
+    Returns the lower node index k (N,), the weight a of node k+1 (N,) and the dense node weights (N, n_Z)
+    (zero except 1−a at k and a at k+1).  Metallicities beyond the grid are clamped to its ends.
+    """
+    n_z = zmet_grid.shape[0]
+    zl = torch.pow(10.0, log_zmet).clamp(float(zmet_grid[0]), float(zmet_grid[-1]))
+    k = (torch.searchsorted(zmet_grid, zl.detach().contiguous(), right=True) - 1).clamp(0, n_z - 2)
+    a = (zl - zmet_grid[k]) / (zmet_grid[k + 1] - zmet_grid[k])
+    w = torch.zeros(zl.shape[0], n_z, device=zl.device, dtype=zl.dtype)
+    w = w.scatter_add(1, k.unsqueeze(1), (1.0 - a).unsqueeze(1))
+    return k, a, w.scatter_add(1, (k + 1).unsqueeze(1), a.unsqueeze(1))
+
+
+def component_survival(w_basis: torch.Tensor, live_frac: torch.Tensor, t_burst: torch.Tensor,
+                       ssp_log_ages: torch.Tensor, ssp_live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Surviving mass per M☉ formed of each pure basis (N, n_Z, 4) and of a burst of age t_burst (N, n_Z).
+
+    ``w_basis`` from :func:`engine.sps.sfh.basis_bin_weights`; ``live_frac`` (n_Z, A) of the age bins; ``ssp_live``
+    (n_Z, S) of the single-age SSPs at ``ssp_log_ages`` (S,), interpolated as the burst spectrum is.
+    """
+    s_basis = torch.einsum("nia,ka->nki", w_basis, live_frac)
+    kb, ab = sfh_mod.burst_interpolation(t_burst, ssp_log_ages)
+    s_burst = (1.0 - ab)[:, None] * ssp_live[:, kb].T + ab[:, None] * ssp_live[:, kb + 1].T
+    return s_basis, s_burst
+
+
+def ln_flux_scale(z: torch.Tensor, cosmo: CosmologyTable) -> torch.Tensor:
+    """ln of the factor turning a band luminosity per M☉ formed (1e20 erg/s/Hz, averaged over the band's
+    response in ln λ) into nanomaggies per M☉ formed at redshift z: (1 + z) / (4π D_L²) and unit constants."""
+    return torch.log1p(z) - 2.0 * torch.log(cosmo.luminosity_distance_mpc(z)) + _LN_FLUX_CONST
+
+
 class SPSModel:
     """Differentiable SPS forward model for a set of bands.
 
@@ -181,13 +215,7 @@ class SPSModel:
             yield theta[s:s + self.batch_size]
 
     def _zmet_interp(self, log_zmet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Linear-in-Z interpolation between grid metallicities: index k, weight a, dense weights (N, n_Z)."""
-        zl = torch.pow(10.0, log_zmet).clamp(float(self.zmet_grid[0]), float(self.zmet_grid[-1]))
-        k = (torch.searchsorted(self.zmet_grid, zl.detach().contiguous(), right=True) - 1).clamp(0, self.n_z - 2)
-        a = (zl - self.zmet_grid[k]) / (self.zmet_grid[k + 1] - self.zmet_grid[k])
-        w = torch.zeros(zl.shape[0], self.n_z, device=zl.device, dtype=zl.dtype)
-        w = w.scatter_add(1, k.unsqueeze(1), (1.0 - a).unsqueeze(1))
-        return k, a, w.scatter_add(1, (k + 1).unsqueeze(1), a.unsqueeze(1))
+        return metallicity_weights(log_zmet, self.zmet_grid)
 
     def _components(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-galaxy ingredients: age of the Universe, β, age-bin and Z weights, formed mass."""
@@ -240,9 +268,8 @@ class SPSModel:
         return band * torch.exp(math.log(10.0) * comp["log_mformed"] + self.ln_flux_scale(z)).unsqueeze(1)
 
     def ln_flux_scale(self, z: torch.Tensor) -> torch.Tensor:
-        """ln of the factor turning a band luminosity per M☉ formed (:meth:`_observe` units) into
-        nanomaggies per M☉ formed at redshift z: (1 + z) / (4π D_L²) and the unit constants, (N,)."""
-        return torch.log1p(z) - 2.0 * torch.log(self.cosmo.luminosity_distance_mpc(z)) + _LN_FLUX_CONST
+        """:func:`ln_flux_scale` with this model's cosmology, (N,)."""
+        return ln_flux_scale(z, self.cosmo)
 
     def _observe(self, lnu: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Redshift rest-frame L_ν (N, ..., W) (window grid) by z (N,) and average it over each band's
@@ -283,15 +310,8 @@ class SPSModel:
             out.append(self._basis_chunk(z[sl], tau1[sl], tau2[sl], n_dust[sl]))
         return torch.cat(out, 0)
 
-    def _basis_weights(self, t_age: torch.Tensor) -> torch.Tensor:
-        """Age-bin mass fractions of each pure basis, (N, 4, A)."""
-        n = t_age.shape[0]
-        eye = torch.eye(4, device=self.device, dtype=self.dtype)
-        return torch.stack([sfh_mod.smooth_bin_weights(eye[i].expand(n, 4), t_age, self.age_edges_gyr)
-                            for i in range(4)], dim=1)
-
     def _basis_chunk(self, z, tau1, tau2, n_dust) -> torch.Tensor:
-        w = self._basis_weights(self.cosmo.age_gyr(z))  # (N, 4, A)
+        w = sfh_mod.basis_bin_weights(self.cosmo.age_gyr(z), self.age_edges_gyr)  # (N, 4, A)
         ny = self.n_young
         young = self._ssp_young_win.reshape(self.n_z, ny, -1)
         old = self._ssp_old_win.reshape(self.n_z, self.n_age - ny, -1)
@@ -312,11 +332,8 @@ class SPSModel:
 
     def component_survival(self, z: torch.Tensor, t_burst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Surviving mass per M☉ formed of each pure basis (N, n_Z, 4) and of the burst (N, n_Z)."""
-        w = self._basis_weights(self.cosmo.age_gyr(z))
-        s_basis = torch.einsum("nia,ka->nki", w, self.live_frac)
-        kb, ab = sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages)
-        s_burst = (1.0 - ab)[:, None] * self.ssp_live[:, kb].T + ab[:, None] * self.ssp_live[:, kb + 1].T
-        return s_basis, s_burst
+        w = sfh_mod.basis_bin_weights(self.cosmo.age_gyr(z), self.age_edges_gyr)
+        return component_survival(w, self.live_frac, t_burst, self.ssp_log_ages, self.ssp_live)
 
     def magnitudes(self, theta: torch.Tensor) -> torch.Tensor:
         """AB magnitudes, shape (N, n_bands).

@@ -118,6 +118,19 @@ def smooth_bin_weights(beta: torch.Tensor, t_age_gyr: torch.Tensor, age_edges_gy
     return smooth / smooth.sum(-1, keepdim=True).clamp(min=1e-30)
 
 
+def basis_bin_weights(t_age_gyr: torch.Tensor, age_edges_gyr: torch.Tensor) -> torch.Tensor:
+    """Fraction of each pure basis's mass in each SSP age bin, shape (N, 4, A); rows sum to 1.
+
+    ``smooth_bin_weights(β, …) = Σᵢ βᵢ basis_bin_weights(…)[:, i]`` (each basis integrates to one over
+    [0, t_age]), computed from one evaluation of the four CDFs.
+    """
+    u = (age_edges_gyr / t_age_gyr.unsqueeze(-1)).clamp(0.0, 1.0)  # (N, A+1)
+    g = 1.0 - basis_cdf(1.0 - u)  # (N, A+1, 4)
+    w = (g[:, 1:] - g[:, :-1]).clamp(min=0.0)
+    w = w / w.sum(1, keepdim=True).clamp(min=1e-30)
+    return w.transpose(1, 2)
+
+
 def burst_interpolation(t_burst: torch.Tensor, ssp_log_ages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bracketing single-age SSP index k and weight a of ``t_burst`` [Gyr], linear in log age.
 
