@@ -77,7 +77,7 @@ def _resample(n: int, seed: int, f_true, err, z):
 
 
 # ---------------------------------------------------------------------------------------------- 1. step
-def child_step(n: int, batch: int, obs_cap: int | None, reps: int, threads: int) -> dict:
+def child_step(n: int, batch: int, obs_cap: int | None, reps: int, threads: int, forward: str) -> dict:
     import numpy as np
     import torch
 
@@ -87,7 +87,7 @@ def child_step(n: int, batch: int, obs_cap: int | None, reps: int, threads: int)
     from engine.population.train import TrainConfig, Trainer, prepare_observed
 
     torch.set_num_threads(threads)
-    model, _ = make_forward_model("emulator", BANDS, torch.device("cpu"))
+    model, fdesc = make_forward_model(forward, BANDS, torch.device("cpu"))
     f_true, err, z = _mock_arrays()
     cuts = parse_selection(SELECTION)
     rss0 = _rss_mb()
@@ -105,7 +105,7 @@ def child_step(n: int, batch: int, obs_cap: int | None, reps: int, threads: int)
         t = time.perf_counter()
         tr.step(ms)
         times.append(time.perf_counter() - t)
-    return {"n": n, "batch": batch, "obs_cap": cfg.obs_cap, "obs_rows_per_step": int(min(cfg.obs_cap, tr.x_train.shape[0])),
+    return {"forward": fdesc["kind"], "n": n, "batch": batch, "obs_cap": cfg.obs_cap, "obs_rows_per_step": int(min(cfg.obs_cap, tr.x_train.shape[0])),
             "seconds_per_step": float(np.median(times)), "step_times": times,
             "setup_mb": rss1 - rss0, "peak_rss_mb": _peak_mb()}
 
@@ -137,7 +137,7 @@ def write_big(path: Path, rows: int, seed: int = 2024, group: int = 131_072) -> 
             "row_groups": pq.ParquetFile(path).num_row_groups}
 
 
-def child_big(path: str, steps: int, batch: int, out: str, threads: int) -> dict:
+def child_big(path: str, steps: int, batch: int, out: str, threads: int, forward: str) -> dict:
     import torch
 
     from engine.population import fit
@@ -158,31 +158,31 @@ def child_big(path: str, steps: int, batch: int, out: str, threads: int) -> dict
         return r
 
     st.prepare_streamed = timed_prep  # iter_fit imports it from the module at call time
-    run = fit(path, out, members=1, steps=steps, batch=batch, forward="emulator", selection=SELECTION,
+    run = fit(path, out, members=1, steps=steps, batch=batch, forward=forward, selection=SELECTION,
               overwrite=True, checkpoint_every=10**6, val_every=max(1, steps - 1), population_samples=10_000)
     total = time.perf_counter() - t0
     cfg = run.config
     hist = run.history()
     steps_s = [e["seconds"] for e in hist if e["event"] == "step"]
-    return {"rows": cfg["catalog"]["n_rows"], "streamed": bool(cfg["observed"].get("streamed")),
+    return {"forward": cfg["forward"]["kind"], "rows": cfg["catalog"]["n_rows"], "streamed": bool(cfg["observed"].get("streamed")),
             "n_used": cfg["observed"]["n_used"], "n_chunks": cfg["observed"]["n_chunks"],
             "steps": steps, "batch": batch, "seconds_total": total, "seconds_per_step": steps_s,
             "peak_rss_mb": _peak_mb(), "rss_before_mb": rss0, **marks}
 
 
 # ---------------------------------------------------------------------------------------------- 3. ensemble
-def child_ensemble(workers: int | None, steps: int, batch: int, out: str, threads: int) -> dict:
+def child_ensemble(workers: int | None, steps: int, batch: int, out: str, threads: int, forward: str) -> dict:
     import torch
 
     from engine.population import fit
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    run = fit(str(MOCK / "catalog.ecsv"), out, members=4, steps=steps, batch=batch, forward="emulator",
+    run = fit(str(MOCK / "catalog.ecsv"), out, members=4, steps=steps, batch=batch, forward=forward,
               selection=SELECTION, overwrite=True, workers=workers, population_samples=5000)
     wall = time.perf_counter() - t0
     s = run.summary()
-    return {"workers": workers, "members": 4, "steps": steps, "batch": batch, "wall_s": wall,
+    return {"forward": run.config["forward"]["kind"], "workers": workers, "members": 4, "steps": steps, "batch": batch, "wall_s": wall,
             "member_seconds": s.get("member_seconds"), "converged": s.get("converged")}
 
 
@@ -211,6 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the step/big children and of the sequential ensemble (default 1: on a "
                          "shared 2-core machine intra-op threading oversubscribes the cores)")
+    ap.add_argument("--forward", default="auto",
+                    help="forward model: auto (the packaged emulator when it loads, else the direct SPS), emulator, sps")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -232,7 +234,7 @@ def main(argv=None) -> int:
             for cap_mode in ("default", "full"):
                 for b in (batches if cap_mode == "default" else batches[-1:]):
                     r = _child("step", n=n, batch=b, obs_cap=None if cap_mode == "default" else n, reps=a.reps,
-                               threads=a.threads)
+                               threads=a.threads, forward=a.forward)
                     r["mode"] = cap_mode
                     rows.append(r)
                     say(f"{n:>9} {b:>6} {r['obs_rows_per_step']:>9} {r['seconds_per_step']:>8.3f} "
@@ -248,15 +250,15 @@ def main(argv=None) -> int:
             say(f"wrote {path}: {rows} rows, {report['big_write']['bytes'] / 2**20:.0f} MB, "
                 f"{report['big_write']['seconds']:.0f} s")
         with tempfile.TemporaryDirectory() as td:
-            r = _child("big", path=str(path), steps=a.big_steps, batch=a.big_batch, out=os.path.join(td, "run"), threads=a.threads)
+            r = _child("big", path=str(path), steps=a.big_steps, batch=a.big_batch, out=os.path.join(td, "run"), threads=a.threads, forward=a.forward)
         report["big"] = r
         say(f"10^7 fit (streamed={r['streamed']}, {r['n_chunks']} chunks, {r['n_used']} usable rows): "
             f"peak RSS {r['peak_rss_mb']:.0f} MB; total {r['seconds_total']:.0f} s, validation+noise passes "
             f"{r.get('scan_and_noise_s', float('nan')):.0f} s, steps {', '.join(f'{s:.2f}' for s in r['seconds_per_step'])} s")
     if "ensemble" in only:
         with tempfile.TemporaryDirectory() as td:
-            seq = _child("ensemble", workers=None, steps=a.ens_steps, batch=a.ens_batch, out=os.path.join(td, "s"), threads=a.threads)
-            par = _child("ensemble", workers=2, steps=a.ens_steps, batch=a.ens_batch, out=os.path.join(td, "p"), threads=a.threads)
+            seq = _child("ensemble", workers=None, steps=a.ens_steps, batch=a.ens_batch, out=os.path.join(td, "s"), threads=a.threads, forward=a.forward)
+            par = _child("ensemble", workers=2, steps=a.ens_steps, batch=a.ens_batch, out=os.path.join(td, "p"), threads=a.threads, forward=a.forward)
         report["ensemble"] = {"sequential": seq, "workers_2": par, "speedup": seq["wall_s"] / par["wall_s"]}
         say(f"4 members x {a.ens_steps} steps (batch {a.ens_batch}): sequential {seq['wall_s']:.1f} s, "
             f"2 workers {par['wall_s']:.1f} s (x{seq['wall_s'] / par['wall_s']:.2f})")

@@ -208,7 +208,7 @@ def test_emulator_training_set_is_the_same_on_any_number_of_workers(cluster):
     y_old = sps_targets(sps, th_old, progress=False)
     for th, y in ((th1, y1), (th2, y2), (th_old, y_old)):
         assert torch.equal(th, th0) and torch.equal(y, y0)
-    assert y0.shape == (2500, 2) and torch.isfinite(y0).all()
+    assert y0.shape[0] == 2500 and torch.isfinite(y0).all()
     th3, _ = sps_training_set(sps, 2500, seed=4, progress=False)
     assert not torch.equal(th3, th0)
 
