@@ -30,6 +30,9 @@ def add_subparser(sub) -> None:
     p.add_argument("--z-max", type=float, default=0.65, help="upper redshift bound of the SPS (default 0.65)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
     p.add_argument("--noise-ramp", type=float, default=None, help="fraction of training over which noise ramps 0 -> 1")
+    p.add_argument("--entropy", type=float, default=None,
+                   help="weight of the maximum-entropy term E_q[log q] (default 0: off; e.g. 1e-3 prefers, among "
+                        "populations that fit equally well, the least committal one)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 10)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (and every 30 s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -67,6 +70,10 @@ def _cmd_fit(args) -> int:
         opts["lr"] = args.lr
     if args.noise_ramp is not None:
         opts["noise_ramp"] = args.noise_ramp
+    if args.entropy is not None:
+        if not args.entropy >= 0:
+            raise PopsedError(f"--entropy must be >= 0, got {args.entropy}")
+        opts["entropy"] = args.entropy
     if args.val_every is not None:
         opts["val_every"] = args.val_every
     try:
