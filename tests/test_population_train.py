@@ -134,4 +134,5 @@ def test_entropy_term_estimates_the_flow_entropy_and_steers_training():
             return float(-t.neg_entropy(m))
 
     h0, h1 = spread(0.0), spread(0.5)
+    print("entropy without / with the term:", h0, h1)
     assert h1 > h0 + 0.3, (h0, h1)
