@@ -329,7 +329,14 @@ class Trainer:
         self._val_dirs = random_directions(self.x_val.shape[1], cfg.val_proj,
                                            torch.Generator(device="cpu").manual_seed(int(cfg.seed) + 99991),
                                            "cpu").to(self.device)
-        self.noise_floor = float(sliced_wasserstein(self.x_val, self.x_train, p=cfg.sliced_p, directions=self._val_dirs))
+        # the floor compares the validation rows with (at most obs_cap of) the training rows: a training step
+        # never sees more than obs_cap rows either, and sorting 512 projections of a 10^6-row catalog would
+        # cost gigabytes
+        x_ref = self.x_train
+        if x_ref.shape[0] > cfg.obs_cap:
+            pick = torch.randperm(x_ref.shape[0], generator=torch.Generator().manual_seed(int(cfg.seed) + 7))
+            x_ref = x_ref[pick[:cfg.obs_cap].to(x_ref.device)]
+        self.noise_floor = float(sliced_wasserstein(self.x_val, x_ref, p=cfg.sliced_p, directions=self._val_dirs))
         self.preview_every = 0  # set by the run writer; 0 = never
         self.last_preview: dict | None = None
         self.t0 = time.time()
