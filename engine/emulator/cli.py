@@ -20,9 +20,10 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--z-max", type=float, default=0.65)
-    t.add_argument("--hidden", default="256,256,256,256", help="hidden layer widths")
+    t.add_argument("--hidden", default="128,128,128", help="hidden layer widths of the basis network")
+    t.add_argument("--burst-hidden", default=None, help="hidden layer widths of the burst network (default: --hidden)")
     t.add_argument("--epochs", type=int, default=400)
-    t.add_argument("--batch", type=int, default=1024)
+    t.add_argument("--batch", type=int, default=512)
     t.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     t.add_argument("--check-n", type=int, default=20000, help="fresh θ for the accuracy stored in the file")
     t.add_argument("--workers", type=int, default=None,
@@ -59,6 +60,7 @@ def _train(args) -> int:
         raise PopsedError(f"--n-train must be at least 1000, got {args.n_train}")
     try:
         hidden = tuple(int(h) for h in args.hidden.split(","))
+        burst_hidden = tuple(int(h) for h in args.burst_hidden.split(",")) if args.burst_hidden else None
     except ValueError:
         raise PopsedError(f"--hidden must be comma-separated integers, got '{args.hidden}'") from None
     if args.workers is not None and args.scheduler:
@@ -71,7 +73,7 @@ def _train(args) -> int:
                 if (args.workers or args.scheduler) else None)
     try:
         res = train_emulator(bands, args.n_train, seed=args.seed, device=_device(args.device), z_max=args.z_max,
-                             hidden=hidden, epochs=args.epochs, batch=args.batch, max_minutes=args.max_minutes,
+                             hidden=hidden, burst_hidden=burst_hidden, epochs=args.epochs, batch=args.batch, max_minutes=args.max_minutes,
                              log=lambda s: print(s, file=sys.stderr), parallel=parallel)
     except ValueError as exc:
         raise PopsedError(str(exc)) from None
@@ -79,7 +81,7 @@ def _train(args) -> int:
     rep = check_emulator(emu, n=args.check_n, seed=args.seed + 1_000_003)
     emu.metadata["accuracy"] = {b: e["all"] for b, e in rep["bands"].items()}
     emu.metadata["accuracy_check"] = {"n": rep["n"], "seed": rep["seed"], "mag_max": rep["mag_max"]}
-    save(args.out, emu.net, emu.metadata, emu._y_mean, emu._y_std)
+    save(args.out, emu)
     print(format_report(rep))
     print(f"wrote {args.out} (trained in {res.seconds / 60:.1f} min)")
     return 0

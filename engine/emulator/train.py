@@ -1,9 +1,17 @@
-"""Training an emulator: a training set from the direct SPS over the full box, then the network.
+"""Training an emulator: a training set from the direct SPS over the full box, then the two networks.
 
-θ is drawn uniformly from the whole parameter box (fits explore all of it, not just a mock
-population); the SPS computes the targets h_b (:mod:`engine.emulator.model`) in batches.
-Training: Adam, mini-batches, a held-out validation split, learning rate halved when the
-validation loss stalls (``ReduceLROnPlateau``), early stopping, best state kept.
+A training row is drawn from θ uniform over the whole parameter box (fits explore all of it, not just a
+mock population).  Of θ the networks need only (z, τ1, τ2, n_dust) and a burst age; the burst age is
+drawn log-uniformly between 10 Myr and the age of the Universe at z (from θ's ``t_burst`` coordinate, so
+one uniform θ row is one training row), because the young-burst spectra change fastest and a burst
+older than the Universe never contributes.  The SPS computes, for each row, h = −2.5 log10 of the band
+luminosity of every (metallicity node, SFH basis, band) and of the burst at every (metallicity node, band)
+(:meth:`engine.sps.SPSModel.basis_band_luminosities`, :meth:`~engine.sps.SPSModel.burst_band_luminosities`).
+
+Training (each network): Adam, mini-batches, a held-out validation split, a cosine learning-rate decay
+over the epoch budget -- or over the wall-time budget when ``max_minutes`` is given, so the learning rate
+always reaches its floor -- and the best validation state kept.  Loss: mean squared error of the
+standardised h, censored above :data:`~engine.emulator.model.H_CLIP`.
 """
 from __future__ import annotations
 
@@ -16,10 +24,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine.emulator.model import FEATURE_NAMES, H_CLIP, Emulator
+from engine.emulator.model import (CONSTANTS, H_CLIP, N_BASES, N_WINDOWS, SED_RANGE, ComponentInputs, Emulator,
+                                   burst_sed_features)
 from engine.emulator.network import SpeculatorMLP
-from engine.sps.model import resolve_device
-from engine.sps.params import DEFAULT_Z_MAX, IDX
+from engine.sps import sfh as sfh_mod
+from engine.sps.model import metallicity_weights, resolve_device
+from engine.sps.params import DEFAULT_Z_MAX, IDX, param_bounds
 
 
 def effective_wavelength(f) -> float:
@@ -33,35 +43,86 @@ def uniform_theta(bounds: torch.Tensor, n: int, generator: torch.Generator) -> t
     return b[:, 0] + (b[:, 1] - b[:, 0]) * torch.rand(n, b.shape[0], generator=generator, dtype=torch.float64)
 
 
+def training_burst_age(theta: torch.Tensor, t_age_gyr: torch.Tensor, z_max: float = DEFAULT_Z_MAX) -> torch.Tensor:
+    """The burst age [Gyr] of a training row: θ's ``t_burst`` coordinate mapped log-uniformly onto
+    [10 Myr, t_age(z)]."""
+    lo, hi = param_bounds(z_max)["t_burst"]
+    u = ((theta[:, IDX["t_burst"]] - lo) / (hi - lo)).clamp(0.0, 1.0)
+    l_lo = math.log10(lo)
+    return torch.pow(10.0, l_lo + u * (torch.log10(t_age_gyr.to(theta.dtype)) - l_lo))
+
+
 def sps_targets(sps, theta: torch.Tensor, batch: int = 20000, progress: bool = True) -> torch.Tensor:
-    """h_b targets (N, B) from the direct SPS, clipped at ``H_CLIP``."""
+    """Targets of the rows ``theta`` (N, D): h of the bases (n_Z·4·B values) then of the burst at the row's
+    metallicity (B values), (N, (4·n_Z + 1)·B), float64 on the CPU, clipped at ``H_CLIP``."""
     from tqdm.auto import tqdm
 
     out = []
-    it = range(0, theta.shape[0], batch)
+    step = max(1, batch // 8)  # the per-component spectra are ~30x a galaxy's: smaller batches
+    it = range(0, theta.shape[0], step)
     for s in tqdm(it, desc="SPS training set", unit="batch", disable=not progress, file=sys.stderr):
-        th = theta[s:s + batch].to(device=sps.device, dtype=sps.dtype)
+        th = theta[s:s + step].to(device=sps.device, dtype=sps.dtype)
+        z = th[:, IDX["z"]]
         with torch.no_grad():
-            m = sps.magnitudes(th)
-            z = th[:, IDX["z"]]
-            h = (m + 2.5 * th[:, IDX["log_mstar"]].unsqueeze(1) + 2.5 * torch.log10(1 + z).unsqueeze(1)
-                 - 5.0 * torch.log10(sps.cosmo.luminosity_distance_mpc(z)).unsqueeze(1))
-        out.append(torch.nan_to_num(h, nan=H_CLIP, posinf=H_CLIP).clamp(max=H_CLIP).double().cpu())
+            t_b = training_burst_age(th, sps.cosmo.age_gyr(z), sps.z_max)
+            lum = sps.basis_band_luminosities(z, th[:, IDX["tau1"]], th[:, IDX["tau2"]], th[:, IDX["n_dust"]])
+            lum_b = sps.burst_band_luminosities(z, th[:, IDX["tau2"]], th[:, IDX["n_dust"]], t_b)
+            w_z = metallicity_weights(th[:, IDX["log_zmet"]], sps.zmet_grid)[2]
+            lum_b = torch.einsum("nk,nkb->nb", w_z, lum_b)  # the burst at the row's metallicity
+            y = torch.cat([lum.reshape(th.shape[0], -1), lum_b], 1).double()
+            h = -2.5 * torch.log10(y.clamp(min=1e-300))
+        out.append(torch.nan_to_num(h, nan=H_CLIP, posinf=H_CLIP).clamp(max=H_CLIP).cpu())
     return torch.cat(out)
+
+
+def burst_sed_table(sps, n_windows: int = N_WINDOWS, wave_range: tuple[float, float] = SED_RANGE) -> dict:
+    """The burst SED-feature constants: window edges [Å] (W+1,), mean L_ν of every single-age SSP of the
+    library in each window (n_Z, S, W), and the mean/std of its log10 over the library (W,)."""
+    edges = np.geomspace(wave_range[0], wave_range[1], n_windows + 1)
+    wave = sps.wave.detach().double().cpu().numpy()
+    lnu = sps._ssp_lnu_full.detach().double().cpu().reshape(sps.n_z, sps.n_ssp, -1)
+    cols = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = torch.as_tensor((wave >= lo) & (wave < hi))
+        if int(sel.sum()) == 0:
+            raise ValueError(f"SED feature window {lo:.0f}-{hi:.0f} Å holds no wavelength bin of the SSP grid")
+        cols.append(lnu[:, :, sel].mean(-1))
+    table = torch.stack(cols, -1)
+    logt = torch.log10(table.clamp(min=1e-30))
+    return {"sed_windows": torch.as_tensor(edges), "sed_table": table, "sed_mean": logt.mean((0, 1)),
+            "sed_std": logt.std((0, 1)).clamp(min=1e-3)}
+
+
+def network_inputs(inputs: ComponentInputs, theta: torch.Tensor, t_age_gyr: torch.Tensor, z_max: float,
+                   constants: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of the basis and burst networks for training rows ``theta`` (float64, CPU)."""
+    c = {k: theta[:, i] for k, i in IDX.items()}
+    x_basis = inputs.basis(c["z"], c["tau1"], c["tau2"], c["n_dust"])
+    t_b = training_burst_age(theta, t_age_gyr, z_max)
+    k_z, a_z, _ = metallicity_weights(c["log_zmet"], constants["zmet_grid"])
+    k_b, a_b = sfh_mod.burst_interpolation(t_b, constants["ssp_log_ages"])
+    sed = burst_sed_features(constants["sed_table"], k_z, a_z, k_b, a_b, constants["sed_mean"], constants["sed_std"])
+    x_burst = inputs.burst(c["z"], c["tau2"], c["n_dust"], t_b, c["log_zmet"], sed)
+    return x_basis, x_burst
 
 
 @dataclass
 class TrainResult:
     emulator: Emulator
-    history: list[dict]
+    history: dict[str, list[dict]]
     seconds: float
-    val_rmse_mag: list[float]
+    val_rmse_mag: dict[str, float]
 
 
 def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], seed: int, device, epochs: int = 400,
-                  batch: int = 1024, lr: float = 2e-3, val_fraction: float = 0.1, patience: int = 25,
-                  max_minutes: float | None = None, log: Callable[[str], None] | None = print):
-    """Fit a :class:`SpeculatorMLP` to standardised targets; returns (net, y_mean, y_std, history, val_rmse)."""
+                  batch: int = 512, lr: float = 2e-3, val_fraction: float = 0.1, max_minutes: float | None = None,
+                  name: str = "network", log: Callable[[str], None] | None = print):
+    """Fit a :class:`SpeculatorMLP` to standardised targets with a cosine learning-rate decay.
+
+    The decay runs over ``epochs`` epochs, or over ``max_minutes`` of wall time when that is given (then
+    ``epochs`` is only an upper bound).  Returns ``(net, y_mean, y_std, history, val_rmse)``; ``val_rmse``
+    is the root-mean-square error in h [mag] over the uncensored validation values.
+    """
     device = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -69,22 +130,48 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
     perm = torch.randperm(n, generator=g)
     n_val = max(1, int(round(val_fraction * n)))
     iv, it = perm[:n_val], perm[n_val:]
-    y_mean, y_std = y[it].mean(0), y[it].std(0).clamp(min=1e-6)
+    cens_all = y >= H_CLIP
+    yt = torch.where(cens_all[it], torch.nan, y[it])
+    y_mean = torch.nan_to_num(yt.nanmean(0), nan=H_CLIP)
+    y_std = torch.nan_to_num(torch.sqrt(torch.nanmean((yt - y_mean) ** 2, 0)), nan=1.0).clamp(min=1e-3)
     xs = x.float().to(device)
     ys = ((y - y_mean) / y_std).float().to(device)
-    cens = (y >= H_CLIP).to(device)
-    x_tr, y_tr, x_va, y_va, c_tr = xs[it], ys[it], xs[iv], ys[iv], cens[it]
+    cens = cens_all.to(device)
+    x_tr, y_tr, c_tr = xs[it], ys[it], cens[it]
+    x_va, y_va, c_va = xs[iv], ys[iv], cens[iv]
     net = SpeculatorMLP(x.shape[1], y.shape[1], tuple(hidden)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, patience // 3))
-    best, best_state, bad, history = math.inf, None, 0, []
+    lr_min = lr * 1e-3
+    best, best_state, history = math.inf, None, []
     t0 = time.perf_counter()
     n_tr = x_tr.shape[0]
+    n_batches = math.ceil(n_tr / batch)
+
+    def progress(epoch: int, b: int) -> float:
+        if max_minutes is not None:
+            return (time.perf_counter() - t0) / (60.0 * max_minutes)
+        return (epoch + b / n_batches) / epochs
+
+    def val_loss() -> float:
+        tot = 0.0
+        with torch.no_grad():
+            for s in range(0, x_va.shape[0], 65536):
+                r = net(x_va[s:s + 65536]) - y_va[s:s + 65536]
+                tot += float(torch.sum(torch.where(c_va[s:s + 65536], r.clamp(max=0.0), r) ** 2))
+        return tot / y_va.numel()
+
+    done = False
     for epoch in range(epochs):
         net.train()
         order = torch.randperm(n_tr, generator=g).to(device)
         tot = 0.0
-        for s in range(0, n_tr, batch):
+        for b, s in enumerate(range(0, n_tr, batch)):
+            frac = progress(epoch, b)
+            if frac >= 1.0:
+                done = True
+                break
+            for pg in opt.param_groups:
+                pg["lr"] = lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * frac))
             idx = order[s:s + batch]
             r = net(x_tr[idx]) - y_tr[idx]
             r = torch.where(c_tr[idx], r.clamp(max=0.0), r)  # censored: only too-bright predictions cost
@@ -94,56 +181,68 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
             opt.step()
             tot += float(loss.detach()) * idx.numel()
         net.eval()
-        with torch.no_grad():
-            c_va = cens[iv]
-            val = float(sum(torch.sum(torch.where(c_va[s:s + 65536], (net(x_va[s:s + 65536]) - y_va[s:s + 65536])
-                                                  .clamp(max=0.0), net(x_va[s:s + 65536]) - y_va[s:s + 65536]) ** 2)
-                            for s in range(0, x_va.shape[0], 65536)) / y_va.numel())
-        sched.step(val)
-        lr_now = opt.param_groups[0]["lr"]
-        history.append({"epoch": epoch, "train_mse": tot / n_tr / y.shape[1], "val_mse": val, "lr": lr_now,
-                        "seconds": time.perf_counter() - t0})
-        if val < best * (1 - 1e-4):
-            best, bad = val, 0
+        val = val_loss()
+        history.append({"network": name, "epoch": epoch, "train_mse": tot / n_tr, "val_mse": val,
+                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        if val < best:
+            best = val
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            bad += 1
-        if log and (epoch % 10 == 0 or bad == 0 and epoch % 5 == 0):
-            log(f"epoch {epoch:4d}  train {history[-1]['train_mse']:.3e}  val {val:.3e}  lr {lr_now:.1e}  "
-                f"{history[-1]['seconds']:.0f} s")
-        if bad >= patience or lr_now < 1e-6:
-            break
-        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
-            if log:
-                log(f"stopping: time budget of {max_minutes} min reached")
+        if log and (epoch % 10 == 0 or done):
+            log(f"{name} epoch {epoch:4d}  train {history[-1]['train_mse']:.3e}  val {val:.3e}  "
+                f"lr {history[-1]['lr']:.1e}  {history[-1]['seconds']:.0f} s")
+        if done:
             break
     net.load_state_dict(best_state)
     net.eval()
     with torch.no_grad():
         pred = torch.cat([net(x_va[s:s + 65536]) for s in range(0, x_va.shape[0], 65536)])
-        keep = ~cens[iv]
-        rmse = [float(((pred[keep[:, j], j] - y_va[keep[:, j], j]) ** 2).mean().sqrt().cpu() * y_std[j])
-                for j in range(y.shape[1])]
+        err = ((pred - y_va) * y_std.float().to(device))[~c_va]
+        rmse = float(err.pow(2).mean().sqrt().cpu())
     return net.cpu(), y_mean, y_std, history, rmse
 
 
 def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=None, z_max: float = DEFAULT_Z_MAX,
-                   hidden: Sequence[int] = (256, 256, 256, 256), epochs: int = 400, batch: int = 1024,
-                   max_minutes: float | None = None, cosmology: str = "Planck18", progress: bool = True,
+                   hidden: Sequence[int] = (128, 128, 128), burst_hidden: Sequence[int] | None = None,
+                   epochs: int = 400, batch: int = 512, max_minutes: float | None = None,
+                   burst_share: float = 0.5, cosmology: str = "Planck18", progress: bool = True,
                    log: Callable[[str], None] | None = print, parallel: dict | None = None) -> TrainResult:
-    """Generate a training set with the SPS and train an emulator for ``bands``."""
+    """Generate a training set with the SPS and train an emulator for ``bands``.
+
+    ``max_minutes`` is the training budget of both networks together (``burst_share`` of it for the
+    burst network); ``parallel`` (``workers``/``scheduler``/``client``/``chunk``) fans the training-set
+    generation out over dask (:mod:`engine.emulator.dataset`).
+    """
     from engine import __version__
+    from engine.emulator.dataset import sps_training_set
     from engine.emulator.model import resolve_cosmology
     from engine.sps import SPSModel
 
     t0 = time.perf_counter()
     sps = SPSModel(list(bands), cosmology=resolve_cosmology(cosmology), device=device, z_max=z_max)
-    from engine.emulator.dataset import sps_training_set  # parallel: workers / scheduler / client / chunk
-
     theta, y = sps_training_set(sps, n_train, seed, cosmology=cosmology, progress=progress, log=log, **(parallel or {}))
     t_gen = time.perf_counter() - t0
     if log:
-        log(f"training set: {n_train} galaxies from the SPS in {t_gen:.0f} s")
+        log(f"training set: {n_train} rows from the SPS in {t_gen:.0f} s")
+    lam = [effective_wavelength(f) for f in sps.filters]
+    n_b, n_z = len(sps.bands), sps.n_z
+    n_basis = n_z * N_BASES * n_b
+    inputs = ComponentInputs(z_max, lam, dtype=torch.float64)
+    constants = {"age_edges_gyr": sps.age_edges_gyr, "live_frac": sps.live_frac, "ssp_log_ages": sps.ssp_log_ages,
+                 "ssp_live": sps.ssp_live, "zmet_grid": sps.zmet_grid}
+    constants = {k: v.detach().double().cpu() for k, v in constants.items()}
+    constants.update(burst_sed_table(sps))
+    t_age = sps.cosmo.age_gyr(theta[:, IDX["z"]].to(device=sps.device, dtype=sps.dtype)).double().cpu()
+    x_basis, x_burst = network_inputs(inputs, theta, t_age, z_max, constants)
+    burst_hidden = tuple(burst_hidden or hidden)
+    nets, norms, history, rmse = {}, {}, {}, {}
+    for name, x, yy, hid, share in (("basis", x_basis, y[:, :n_basis], tuple(hidden), 1.0 - burst_share),
+                                    ("burst", x_burst, y[:, n_basis:], burst_hidden, burst_share)):
+        net, mean, std, hist, r = train_network(x, yy, hidden=hid, seed=seed, device=sps.device, epochs=epochs,
+                                                batch=batch, name=name, log=log,
+                                                max_minutes=None if max_minutes is None else max_minutes * share)
+        nets[name], norms[name], history[name], rmse[name] = net, (mean, std), hist, r
+    constants = {k: constants[k] for k in CONSTANTS}
+    seconds = time.perf_counter() - t0
     metadata = {
         "bands": list(sps.bands),
         "param_names": list(sps.param_names),
@@ -151,23 +250,19 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
         "z_max": z_max,
         "cosmology": cosmology,
         "uv_bump": True,
-        "features": list(FEATURE_NAMES),
+        "design": "exact linear SFH/metallicity/burst combination of emulated component band luminosities",
         "h_clip": H_CLIP,
-        "lambda_eff": [effective_wavelength(f) for f in sps.filters],
+        "lambda_eff": lam,
         "n_train": n_train,
         "seed": seed,
-        "hidden": list(hidden),
+        "hidden": {"basis": list(hidden), "burst": list(burst_hidden)},
+        "epochs": {k: len(v) for k, v in history.items()},
+        "training_seconds": seconds,
+        "generation_seconds": t_gen,
+        "val_rmse_h_mag": rmse,
+        "device_trained": str(sps.device),
         "popsed_version": __version__,
         "torch_version": str(torch.__version__),
     }
-    n_in = len(FEATURE_NAMES) + len(sps.bands)
-    proto = Emulator(SpeculatorMLP(n_in, len(sps.bands), tuple(hidden)), metadata,
-                     torch.zeros(len(sps.bands)), torch.ones(len(sps.bands)), device="cpu", dtype=torch.float64)
-    x = proto.features(theta)
-    net, y_mean, y_std, history, rmse = train_network(x, y, hidden=hidden, seed=seed, device=sps.device,
-                                                      epochs=epochs, batch=batch, max_minutes=max_minutes, log=log)
-    seconds = time.perf_counter() - t0
-    metadata.update({"epochs": len(history), "training_seconds": seconds, "generation_seconds": t_gen,
-                     "val_rmse_h_mag": rmse, "device_trained": str(sps.device)})
-    emu = Emulator(net, metadata, y_mean, y_std, device=device)
+    emu = Emulator(nets, norms, constants, metadata, device=device)
     return TrainResult(emulator=emu, history=history, seconds=seconds, val_rmse_mag=rmse)
