@@ -56,6 +56,12 @@ def state_from_bytes(data: bytes) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- cluster
+def _warm_up() -> None:
+    """Import the modules a member task needs (run on every worker of a new local cluster)."""
+    import engine.population.train  # noqa: F401  (torch, nflows, the trainer)
+    import engine.sps.model  # noqa: F401
+
+
 def open_client(workers: int | None = None, scheduler: str | None = None, client: Any = None
                 ) -> tuple[Any, Callable[[], None], int | None]:
     """A dask ``Client``: the given one, one connected to ``scheduler``, or a new local cluster.
@@ -90,6 +96,9 @@ def open_client(workers: int | None = None, scheduler: str | None = None, client
                                            dashboard_address=None, silence_logs=logging.ERROR)
     c = distributed.Client(cluster)
     c.wait_for_workers(n, timeout=120)
+    # import torch, nflows and the trainer on every worker at once, before any member is submitted: otherwise
+    # each task pays seconds of imports when it lands, and members that should run side by side start apart
+    c.run(_warm_up)
 
     def close() -> None:
         c.close()
