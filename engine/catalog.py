@@ -1691,17 +1691,7 @@ def read_catalog(path, *, bands: str | Sequence[str] | None = None,
         spath = str(path)
         sha = _hash_file(p)
     try:
-        extra: dict[str, str] = {}
-        wanted = _parse_bands(bands, label, extra)
-        notes: list[str] = []
-        if "bands" in cmap:
-            specs = _specs_from_map(src, label, cmap, maplabel, wanted)
-        else:
-            specs, notes = _specs_from_convention(src, label, wanted, extra)
-            if "flux_unit" in cmap:
-                for s in specs:
-                    s.flux_unit = cmap["flux_unit"]
-        z_ref, z_note = _find_z(src, cmap, label, maplabel)
+        specs, notes, z_ref, z_note = _resolve_columns(src, label, cmap, maplabel, bands)
         flux, err, z, report, row_index = _assemble(
             src, specs, flux_unit=flux_unit, extinction=extinction, z_ref=z_ref, z_note=z_note,
             min_rows=min_rows, min_fraction=min_fraction, notes=notes)
@@ -1712,6 +1702,23 @@ def read_catalog(path, *, bands: str | Sequence[str] | None = None,
         sha = _hash_arrays(flux, err, z, extra=",".join(bands_t))
     return Catalog(path=spath, bands=bands_t, flux=flux, flux_err=err, z_spec=z, sha256=sha,
                    report=report, filters=tuple(s.filter for s in specs), row_index=row_index)
+
+
+def _resolve_columns(src: _Source, label: str, cmap: dict, maplabel: str, bands):
+    """The band columns (from the column map, else by the naming conventions) and the spec-z column of
+    ``src``: ``(specs, notes, z_column, z_note)``; one-line errors for anything missing or ambiguous."""
+    extra: dict[str, str] = {}
+    wanted = _parse_bands(bands, label, extra)
+    notes: list[str] = []
+    if "bands" in cmap:
+        specs = _specs_from_map(src, label, cmap, maplabel, wanted)
+    else:
+        specs, notes = _specs_from_convention(src, label, wanted, extra)
+        if "flux_unit" in cmap:
+            for sp in specs:
+                sp.flux_unit = cmap["flux_unit"]
+    z_ref, z_note = _find_z(src, cmap, label, maplabel)
+    return specs, notes, z_ref, z_note
 
 
 def _find_z(src: _Source, cmap: dict, label: str, maplabel: str) -> tuple[str | None, str | None]:
@@ -2141,17 +2148,7 @@ def open_catalog_stream(path, *, bands: str | Sequence[str] | None = None,
         _fail(f"cannot read {label} as Parquet: the file is empty")
     src = _open_source(p, label, fmt, None)
     try:
-        extra: dict[str, str] = {}
-        wanted = _parse_bands(bands, label, extra)
-        notes: list[str] = []
-        if "bands" in cmap:
-            specs = _specs_from_map(src, label, cmap, maplabel, wanted)
-        else:
-            specs, notes = _specs_from_convention(src, label, wanted, extra)
-            if "flux_unit" in cmap:
-                for sp in specs:
-                    sp.flux_unit = cmap["flux_unit"]
-        z_ref, z_note = _find_z(src, cmap, label, maplabel)
+        specs, notes, z_ref, z_note = _resolve_columns(src, label, cmap, maplabel, bands)
         if src.nrows == 0:
             _fail(f"{label}: only 0 usable galaxies (the file has no rows); need at least {min_rows}")
         _apply_extinction(src, specs, extinction)
