@@ -38,8 +38,8 @@ import torch
 from engine.errors import PopsedError
 
 from .noise import NoiseAccumulator, NoiseModel
-from .selection import Cut, selection_mask
-from .train import Observed, TrainConfig, Trainer
+from .selection import Cut
+from .train import Observed, TrainConfig, Trainer, usable_rows
 
 __all__ = ["StreamOptions", "StreamingTrainer", "prepare_streamed", "usable_rows", "row_hash"]
 
@@ -75,28 +75,6 @@ def row_hash(rows: np.ndarray, seed: int, stream: int) -> np.ndarray:
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def usable_rows(flux: np.ndarray, z_spec: np.ndarray | None, bands, cuts: list[Cut], redshift: str,
-                z_range: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
-    """The rows :func:`~engine.population.train.prepare_observed` would use, and why the others are not."""
-    complete = np.all(np.isfinite(flux), axis=1)
-    counts = {"n_incomplete": int((~complete).sum())}
-    use = complete.copy()
-    if redshift == "observed":
-        if z_spec is None:
-            raise PopsedError("--redshift observed needs a spec-z column in the catalog")
-        zs = np.asarray(z_spec, dtype=np.float64)
-        okz = np.isfinite(zs)
-        if z_range is not None:
-            okz &= (zs >= z_range[0]) & (zs <= z_range[1])
-        counts["n_no_or_bad_zspec"] = int((use & ~okz).sum())
-        use &= okz
-    if cuts:
-        sel = selection_mask(np.where(np.isfinite(flux), flux, np.nan), tuple(bands), cuts)
-        counts["n_fail_selection"] = int((use & ~sel).sum())
-        use &= sel
-    return use, counts
 
 
 class _BottomK:

@@ -159,15 +159,12 @@ class Observed:
         return self.split == "val"
 
 
-def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None = None, redshift: str = "free",
-                     val_fraction: float = 0.15, seed: int = 0, z_range: tuple[float, float] | None = None) -> Observed:
-    """Choose the usable rows (complete, passing the cuts) and split them into train / validation."""
-    flux = np.asarray(flux, dtype=np.float64)
-    flux_err = np.asarray(flux_err, dtype=np.float64)
-    n = flux.shape[0]
-    cuts = list(cuts or [])
+def usable_rows(flux: np.ndarray, z_spec: np.ndarray | None, bands, cuts: list[Cut], redshift: str,
+                z_range: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
+    """The rows a fit uses -- complete in every band, with a spec-z in ``z_range`` when the redshift is
+    observed, passing the cuts -- and the counts of those left out for each reason."""
     complete = np.all(np.isfinite(flux), axis=1)
-    report = {"n_rows": int(n), "n_incomplete": int((~complete).sum())}
+    counts = {"n_incomplete": int((~complete).sum())}
     use = complete.copy()
     if redshift == "observed":
         if z_spec is None:
@@ -176,12 +173,24 @@ def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None 
         okz = np.isfinite(zs)
         if z_range is not None:
             okz &= (zs >= z_range[0]) & (zs <= z_range[1])
-        report["n_no_or_bad_zspec"] = int((use & ~okz).sum())
+        counts["n_no_or_bad_zspec"] = int((use & ~okz).sum())
         use &= okz
     if cuts:
-        sel = selection_mask(np.where(np.isfinite(flux), flux, np.nan), bands, cuts)
-        report["n_fail_selection"] = int((use & ~sel).sum())
+        sel = selection_mask(np.where(np.isfinite(flux), flux, np.nan), tuple(bands), cuts)
+        counts["n_fail_selection"] = int((use & ~sel).sum())
         use &= sel
+    return use, counts
+
+
+def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None = None, redshift: str = "free",
+                     val_fraction: float = 0.15, seed: int = 0, z_range: tuple[float, float] | None = None) -> Observed:
+    """Choose the usable rows (complete, passing the cuts) and split them into train / validation."""
+    flux = np.asarray(flux, dtype=np.float64)
+    flux_err = np.asarray(flux_err, dtype=np.float64)
+    n = flux.shape[0]
+    cuts = list(cuts or [])
+    use, counts = usable_rows(flux, z_spec, bands, cuts, redshift, z_range)
+    report = {"n_rows": int(n), **counts}
     idx = np.flatnonzero(use)
     n_use = idx.size
     n_val = int(round(val_fraction * n_use))
