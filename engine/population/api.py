@@ -306,7 +306,8 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
         failed: dict[int, str] = {}
         if resuming and distributed:
             states, next_steps = _load_all_checkpoints(out, trainer, cfg)
-            events = _truncate_events_multi(read_history(out / "history.jsonl"), states, next_steps)
+            finished = {k for k, ms in states.items() if ms.finished}
+            events = truncate_events(read_history(out / "history.jsonl"), finished, next_steps)
             history.rewrite(events)
             trainer.time_offset = float(events[-1].get("time", 0.0)) if events else 0.0
             history.open()
@@ -316,7 +317,8 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
                      "from_steps": {str(k): next_steps.get(k, 0) for k in todo}}
         elif resuming:
             states, finished, current, next_step = _load_checkpoints(out, trainer, cfg)
-            events = truncate_events(read_history(out / "history.jsonl"), finished, current, next_step)
+            events = truncate_events(read_history(out / "history.jsonl"), finished,
+                                     {} if current is None else {current: next_step})
             history.rewrite(events)
             trainer.time_offset = float(events[-1].get("time", 0.0)) if events else 0.0
             history.open()
@@ -540,26 +542,6 @@ def _load_all_checkpoints(out: Path, trainer: Trainer, cfg: TrainConfig):
         states[k] = ms
         next_steps[k] = ms.step
     return states, next_steps
-
-
-def _truncate_events_multi(events: list[dict], states: dict, next_steps: dict[int, int]) -> list[dict]:
-    """Events kept when resuming a run whose members ran in parallel: every ``start``; all events of
-    finished members; step events of the others before their checkpoint's step."""
-    keep = []
-    for e in events:
-        kind = e.get("event")
-        if kind == "start":
-            keep.append(e)
-            continue
-        k = e.get("member")
-        if k is None:
-            continue
-        fin = k in states and states[k].finished
-        if fin and kind in ("step", "member_done"):
-            keep.append(e)
-        elif not fin and kind == "step" and int(e.get("step", -1)) < next_steps.get(k, 0):
-            keep.append(e)
-    return keep
 
 
 def fit(catalog, out, *, progress: bool = False, **kwargs) -> Run:

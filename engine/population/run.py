@@ -215,9 +215,10 @@ class History:
             self.fh = None
 
 
-def truncate_events(events: list[dict], finished: set[int], current: int | None, next_step: int) -> list[dict]:
-    """Events kept when resuming: every ``start``; all events of finished members; ``step`` events of the
-    current member before ``next_step``; nothing else (later steps are redone from the checkpoint)."""
+def truncate_events(events: list[dict], finished: set[int], next_steps: dict[int, int]) -> list[dict]:
+    """Events kept when resuming: every ``start``; all events of the ``finished`` members; ``step`` events of
+    each unfinished member before its checkpoint's step ``next_steps[k]`` (none for a member without one);
+    nothing else (later steps are redone from the checkpoints)."""
     keep = []
     for e in events:
         kind = e.get("event")
@@ -227,9 +228,10 @@ def truncate_events(events: list[dict], finished: set[int], current: int | None,
         k = e.get("member")
         if k is None:
             continue
-        if k in finished and kind in ("step", "member_done"):
-            keep.append(e)
-        elif k == current and kind == "step" and int(e.get("step", -1)) < next_step:
+        if k in finished:
+            if kind in ("step", "member_done"):
+                keep.append(e)
+        elif kind == "step" and int(e.get("step", -1)) < next_steps.get(k, 0):
             keep.append(e)
     return keep
 
