@@ -16,6 +16,16 @@ GALEX_BANDS = ("galex-fuv", "galex-nuv")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (the trainer tests time and compare runs; set per module with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def sdss_model():
     """An SPSModel for SDSS ugriz on the CPU (float32)."""

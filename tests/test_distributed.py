@@ -40,12 +40,7 @@ def dying_toy(bands, device=None, z_max=0.65):
     return ToyForwardModel(bands, device=device, z_max=z_max)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from engine.population.toy import ToyForwardModel, make_toy_catalog
 from engine.population.train import TrainConfig, Trainer, prepare_observed
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trainer(n=2000, seed=3, sky=0.6, cut="toy-r<20.5", steps=250, batch=512, use_cuts=True, **kw):

@@ -20,12 +20,7 @@ SPS_BOUNDS = torch.tensor([[0, 0.65], [7, 13], [0, 1], [0, 1], [0, 1], [0.01, 13
                            [-3, 1], [0, 3], [0, 3]], dtype=torch.float32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ bijection

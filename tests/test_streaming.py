@@ -23,12 +23,7 @@ SMALL = dict(members=2, steps=25, batch=128, selection="sdss2010-r<20.5", flow=F
 STREAM = dict(chunk_rows=700, pool_chunks=3, val_cap=400, train_cap=500)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
