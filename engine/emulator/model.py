@@ -28,7 +28,10 @@ network should not have to learn) and log(1 + τ_ISM) at each band's rest-frame 
 (:func:`engine.sps.dust.tau_ism_at`), which carries the steep, band-dependent dust dependence.  Outputs
 are standardised per output; h fainter than ``H_CLIP`` is censored in training (only too-bright
 predictions cost).  Everything else -- SFH weights, metallicity interpolation, burst activity, surviving
-mass, distance -- is computed exactly, as in the SPS.
+mass, distance -- is computed as in the SPS, with the SPS's own functions; the surviving mass of the four
+smooth bases depends on z alone and is tabulated once on the cosmology grid (:func:`basis_survival_table`,
+relative error < 1e-5).  For speed, the de-standardisation of the network outputs is folded into their
+last layers (:func:`ln_luminosity_net`), which also drops the outputs of bands not selected.
 
 **Why this design** (measured on this machine, 2 CPU cores, ``popsed emulator check``; see README):
 a plain photometric MLP θ (11-d, redshift included) → magnitudes (format version 1 of this module, 4×256
@@ -45,6 +48,7 @@ ranges, training-set size, measured accuracy, versions), loaded with ``weights_o
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Sequence
@@ -56,7 +60,7 @@ from engine.errors import ModelFileError
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import bump_strength, tau_ism_at
-from engine.sps.model import DERIVED_NAMES, component_survival, ln_flux_scale, metallicity_weights, resolve_device
+from engine.sps.model import DERIVED_NAMES, burst_survival, ln_flux_scale, metallicity_weights, resolve_device
 from engine.sps.params import IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 
 FORMAT = "popsed-emulator"
@@ -104,18 +108,19 @@ class ComponentInputs:
         self.b = param_bounds(z_max)
         self.leff = torch.as_tensor(list(lambda_eff), device=device, dtype=dtype)
 
-    def _dust(self, z, tau2, n_dust) -> torch.Tensor:
+    def dust(self, z, tau2, n_dust) -> torch.Tensor:
+        """The dust columns shared by both networks: scaled log(1 + τ_ISM) at each band's rest-frame λ_eff, (N, B)."""
         lam = self.leff.unsqueeze(0) / (1.0 + z).unsqueeze(1)
         return torch.log1p(tau_ism_at(lam, tau2.unsqueeze(1), n_dust.unsqueeze(1))) / 3.0 - 1.0
 
-    def basis(self, z, tau1, tau2, n_dust) -> torch.Tensor:
-        """Inputs of the basis network, (N, 5 + B)."""
+    def basis(self, z, tau1, tau2, n_dust, dust: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs of the basis network, (N, 5 + B); ``dust`` from :meth:`dust` when already computed."""
         b = self.b
         x = torch.stack([_scale(z, *b["z"]), _scale(tau1, *b["tau1"]), _scale(tau2, *b["tau2"]),
                          _scale(n_dust, *b["n_dust"]), _scale(bump_strength(n_dust), 0.0, _EB_MAX)], 1)
-        return torch.cat([x, self._dust(z, tau2, n_dust)], 1)
+        return torch.cat([x, self.dust(z, tau2, n_dust) if dust is None else dust], 1)
 
-    def burst(self, z, tau2, n_dust, t_burst, log_zmet, sed) -> torch.Tensor:
+    def burst(self, z, tau2, n_dust, t_burst, log_zmet, sed, dust: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs of the burst network, (N, 6 + B + N_WINDOWS); ``t_burst`` [Gyr] ≤ t_age(z); ``sed`` the
         standardised log SED features of :func:`burst_sed_features`."""
         b = self.b
@@ -124,7 +129,7 @@ class ComponentInputs:
                          _scale(bump_strength(n_dust), 0.0, _EB_MAX),
                          _scale(lt, math.log10(b["t_burst"][0]), math.log10(b["t_burst"][1])),
                          _scale(log_zmet, *b["log_zmet"])], 1)
-        return torch.cat([x, self._dust(z, tau2, n_dust), sed], 1)
+        return torch.cat([x, self.dust(z, tau2, n_dust) if dust is None else dust, sed], 1)
 
 
 def burst_sed_features(sed_table: torch.Tensor, k_z: torch.Tensor, a_z: torch.Tensor, k_b: torch.Tensor,
@@ -143,6 +148,41 @@ def burst_sed_features(sed_table: torch.Tensor, k_z: torch.Tensor, a_z: torch.Te
     return (torch.log10(mix.clamp(min=1e-30)) - mean) / std
 
 
+def basis_survival_table(cosmo: CosmologyTable, age_edges_gyr: torch.Tensor, live_frac: torch.Tensor) -> torch.Tensor:
+    """Surviving mass per M☉ formed of each pure basis at each metallicity node, tabulated on the cosmology
+    table's redshift grid, (n, n_Z, 4).
+
+    It depends on z only (through t_age(z)), so the emulator interpolates this table
+    (:meth:`CosmologyTable.interp`) instead of integrating the four SFH bases over ~40 age bins per galaxy,
+    which was a fifth of its time; computed in float64 with the SPS's own
+    :func:`engine.sps.model.component_survival` (linear interpolation error < 1e-6, tested)."""
+    t_age = torch.as_tensor(cosmo.cosmology.age(cosmo.z_grid).to_value("Gyr"), dtype=torch.float64)
+    w = sfh_mod.basis_bin_weights(t_age, age_edges_gyr.detach().cpu().double())
+    s_basis = torch.einsum("nia,ka->nki", w, live_frac.detach().cpu().double())
+    return s_basis.to(device=live_frac.device, dtype=live_frac.dtype)
+
+
+def ln_luminosity_net(net: SpeculatorMLP, y_mean: torch.Tensor, y_std: torch.Tensor, rows: Sequence[int]) -> SpeculatorMLP:
+    """An evaluation copy of a trained network that outputs ln L directly, for the output ``rows`` only.
+
+    The networks are trained on standardised h = −2.5 log10 L; the de-standardisation and the change to
+    ln L = −0.4 ln(10) · (y · std + mean) are affine, so they are folded into the last layer (in float64),
+    which saves three passes over the largest tensors and computes only the selected bands' outputs."""
+    out = copy.deepcopy(net).double().eval()
+    last = out.net[-1]
+    idx = torch.as_tensor(list(rows), dtype=torch.long)
+    c = -0.4 * math.log(10.0) * y_std.double()[idx]
+    weight = last.weight.detach()[idx] * c.unsqueeze(1)
+    bias = c * last.bias.detach()[idx] - 0.4 * math.log(10.0) * y_mean.double()[idx]
+    out.net[-1] = torch.nn.Linear(weight.shape[1], weight.shape[0], dtype=torch.float64)
+    out.net[-1].weight.data.copy_(weight)
+    out.net[-1].bias.data.copy_(bias)
+    out.n_out = len(idx)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
 class Emulator:
     """A trained emulator with the forward API of :class:`engine.sps.SPSModel`.
 
@@ -158,13 +198,8 @@ class Emulator:
         self.device = resolve_device(device)
         self.dtype = dtype
         self.metadata = metadata
-        self.nets = {k: net.to(device=self.device, dtype=dtype).eval() for k, net in nets.items()}
-        for net in self.nets.values():
-            for p in net.parameters():
-                p.requires_grad_(False)
+        self.nets = {k: net for k, net in nets.items()}  # as trained (saved by :meth:`state`), never modified
         self._norms_raw = norms
-        self._norms = {k: (m.to(device=self.device, dtype=dtype), s.to(device=self.device, dtype=dtype))
-                       for k, (m, s) in norms.items()}
         self._constants_raw = constants
         c = {k: v.to(device=self.device, dtype=dtype) for k, v in constants.items()}
         self.age_edges_gyr, self.live_frac = c["age_edges_gyr"], c["live_frac"]
@@ -175,13 +210,18 @@ class Emulator:
         self._n_all = len(all_bands)
         self._band_index = list(range(len(all_bands))) if band_index is None else list(band_index)
         self.bands: tuple[str, ...] = tuple(all_bands[i] for i in self._band_index)
-        self._sel = torch.tensor(self._band_index, device=self.device)
+        n_all = self._n_all
+        rows = {"basis": [(k * N_BASES + i) * n_all + b for k in range(self.n_z) for i in range(N_BASES)
+                          for b in self._band_index], "burst": self._band_index}
+        self._ln_nets = {k: ln_luminosity_net(net, *norms[k], rows[k]).to(device=self.device, dtype=dtype)
+                         for k, net in nets.items()}
         self.z_max = float(metadata["z_max"])
         b = param_bounds(self.z_max)
         self.bounds = torch.tensor([b[n] for n in PARAM_NAMES], device=self.device, dtype=dtype)
         self.cosmo = CosmologyTable(resolve_cosmology(metadata["cosmology"]), z_max=self.z_max, device=self.device,
                                     dtype=dtype)
         self.inputs = ComponentInputs(self.z_max, metadata["lambda_eff"], self.device, dtype)
+        self._s_basis_table = basis_survival_table(self.cosmo, c["age_edges_gyr"], c["live_frac"])
         self._sps = None
 
     # ---------------------------------------------------------------- helpers
@@ -192,24 +232,18 @@ class Emulator:
     def _prep(self, theta) -> torch.Tensor:
         return prepare_theta(theta, self.bounds, self.device, self.dtype)
 
-    def _h(self, which: str, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self._norms[which]
-        return self.nets[which](x) * std + mean
-
     def component_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet) -> tuple[torch.Tensor, torch.Tensor]:
         """Emulated band luminosities per M☉ formed, for the selected bands: of the pure bases at each
         metallicity node (N, n_Z, 4, B), and of the burst at the galaxy's metallicity (N, B);
         ``t_burst`` [Gyr] ≤ t_age(z) (see the module docstring)."""
         n = z.shape[0]
-        h_basis = self._h("basis", self.inputs.basis(z, tau1, tau2, n_dust)).view(n, self.n_z, N_BASES, self._n_all)
+        dust = self.inputs.dust(z, tau2, n_dust)
+        ln_basis = self._ln_nets["basis"](self.inputs.basis(z, tau1, tau2, n_dust, dust))
         k_z, a_z, _ = metallicity_weights(log_zmet, self.zmet_grid)
         k_b, a_b = sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages)
         sed = burst_sed_features(self.sed_table, k_z, a_z, k_b, a_b, self.sed_mean, self.sed_std)
-        h_burst = self._h("burst", self.inputs.burst(z, tau2, n_dust, t_burst, log_zmet, sed))
-        if self._band_index != list(range(self._n_all)):
-            h_basis, h_burst = h_basis.index_select(3, self._sel), h_burst.index_select(1, self._sel)
-        ln10 = -0.4 * math.log(10.0)
-        return torch.exp(ln10 * h_basis), torch.exp(ln10 * h_burst)
+        ln_burst = self._ln_nets["burst"](self.inputs.burst(z, tau2, n_dust, t_burst, log_zmet, sed, dust))
+        return torch.exp(ln_basis).view(n, self.n_z, N_BASES, len(self.bands)), torch.exp(ln_burst)
 
     # ---------------------------------------------------------------- public API (as SPSModel)
     def fluxes(self, theta: torch.Tensor) -> torch.Tensor:
@@ -223,8 +257,8 @@ class Emulator:
         t_b = torch.minimum(c["t_burst"], t_age)  # the burst's age when active; irrelevant (f = 0) otherwise
         _, _, w_z = metallicity_weights(c["log_zmet"], self.zmet_grid)
         lum, lum_b = self.component_luminosities(z, c["tau1"], c["tau2"], c["n_dust"], t_b, c["log_zmet"])
-        s_basis, s_burst = component_survival(sfh_mod.basis_bin_weights(t_age, self.age_edges_gyr), self.live_frac, t_b,
-                                              self.ssp_log_ages, self.ssp_live)
+        s_basis = self.cosmo.interp(self._s_basis_table, z)
+        s_burst = burst_survival(t_b, self.ssp_log_ages, self.ssp_live)
         wb = w_z.unsqueeze(2) * beta.unsqueeze(1)  # (N, n_Z, 4)
         g = 1.0 - f
         band = g.unsqueeze(1) * torch.einsum("nki,nkib->nb", wb, lum) + f.unsqueeze(1) * lum_b

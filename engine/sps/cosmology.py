@@ -45,16 +45,24 @@ class CosmologyTable:
         self._dl = torch.as_tensor(np.maximum(dl, D_L_FLOOR_MPC), device=device, dtype=dtype)
         self._age = torch.as_tensor(age, device=device, dtype=dtype)
 
-    def _interp(self, table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    @property
+    def z_grid(self) -> np.ndarray:
+        """The table's redshift grid (n,), uniform on [0, z_max]."""
+        return self._z
+
+    def interp(self, table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Linear interpolation in z (N,) of ``table`` (n, ...) tabulated on :attr:`z_grid`: (N, ...).
+
+        Differentiable in z; any function of z alone can be tabulated once and evaluated this way."""
         s = (z / self.dz).clamp(min=0.0)
         k = s.detach().floor().long().clamp(max=len(self._z) - 2)
-        a = s - k.to(s.dtype)
+        a = (s - k.to(s.dtype)).reshape(z.shape + (1,) * (table.ndim - 1))
         return table[k] * (1.0 - a) + table[k + 1] * a
 
     def luminosity_distance_mpc(self, z: torch.Tensor) -> torch.Tensor:
         """D_L [Mpc], floored at 10 pc."""
-        return self._interp(self._dl, z)
+        return self.interp(self._dl, z)
 
     def age_gyr(self, z: torch.Tensor) -> torch.Tensor:
         """Age of the Universe at z [Gyr]."""
-        return self._interp(self._age, z)
+        return self.interp(self._age, z)

@@ -70,9 +70,14 @@ def component_survival(w_basis: torch.Tensor, live_frac: torch.Tensor, t_burst: 
     (n_Z, S) of the single-age SSPs at ``ssp_log_ages`` (S,), interpolated as the burst spectrum is.
     """
     s_basis = torch.einsum("nia,ka->nki", w_basis, live_frac)
+    return s_basis, burst_survival(t_burst, ssp_log_ages, ssp_live)
+
+
+def burst_survival(t_burst: torch.Tensor, ssp_log_ages: torch.Tensor, ssp_live: torch.Tensor) -> torch.Tensor:
+    """Surviving mass per M☉ formed of a burst of age ``t_burst`` [Gyr] at each metallicity node, (N, n_Z):
+    ``ssp_live`` (n_Z, S) interpolated linearly in log age, as the burst spectrum is."""
     kb, ab = sfh_mod.burst_interpolation(t_burst, ssp_log_ages)
-    s_burst = (1.0 - ab)[:, None] * ssp_live[:, kb].T + ab[:, None] * ssp_live[:, kb + 1].T
-    return s_basis, s_burst
+    return (1.0 - ab)[:, None] * ssp_live[:, kb].T + ab[:, None] * ssp_live[:, kb + 1].T
 
 
 def ln_flux_scale(z: torch.Tensor, cosmo: CosmologyTable) -> torch.Tensor:
