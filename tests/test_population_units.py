@@ -130,6 +130,21 @@ def test_sliced_wasserstein_gradient_moves_toward_target():
     assert torch.isfinite(w.grad).all() and float(w.grad.abs().sum()) > 0
 
 
+def test_sort_rows_matches_torch_sort_with_gradients():
+    from engine.population.losses import sort_rows
+
+    t = torch.randn(7, 501, generator=torch.Generator().manual_seed(3))
+    v0, o0 = torch.sort(t, dim=-1)
+    v1, o1 = sort_rows(t)
+    assert o1 is None and torch.equal(v1, v0)
+    v2, o2 = sort_rows(t, with_order=True)
+    assert torch.equal(v2, v0) and torch.equal(o2, o0)
+    tg = t.clone().requires_grad_(True)
+    v3, _ = sort_rows(tg)
+    (v3 * torch.arange(501.0)).sum().backward()  # d/dt of sum_j j * sorted_j is each value's rank
+    assert torch.equal(tg.grad, torch.argsort(o0, dim=-1).float())
+
+
 def test_sliced_fresh_directions_each_call():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(300, 5, generator=g)

@@ -12,7 +12,8 @@ resumable (the generator state goes into checkpoints).
 Two builders:
 
 - :func:`build_transform` (default ``kind="coupling"``): ``layers`` RQ coupling layers with alternating
-  masks, each followed by an LU-linear layer (cheap at D~11, mixes the dimensions);
+  masks, each followed by an LU-linear layer (cheap at D~11, mixes the dimensions); the splines are
+  evaluated by :mod:`.spline` (nflows' parameters and results, a CPU-friendly layout, 2.5x faster);
 - :func:`build_reference_transform`: the reference paper's configuration (20 RQ coupling layers each
   followed by an LU-linear layer, ResidualNet conditioners with 100 hidden units, 60 bins, tail bound 3),
   used by ``bench/train_step.py`` for comparison.
@@ -29,6 +30,7 @@ from nflows.utils import torchutils
 from torch import nn
 
 from .bounds import BoxBijection
+from .spline import FastRQCouplingTransform
 
 
 @dataclass
@@ -54,13 +56,15 @@ class FlowConfig:
 REFERENCE_FLOW = FlowConfig(kind="reference", layers=20, hidden=100, blocks=2, bins=60, tail_bound=3.0, lu_linear=True)
 
 
-def _coupling(dim: int, i: int, hidden: int, blocks: int, bins: int, tail_bound: float) -> transforms.Transform:
+def _coupling(dim: int, i: int, hidden: int, blocks: int, bins: int, tail_bound: float,
+              fast: bool = True) -> transforms.Transform:
     mask = torchutils.create_alternating_binary_mask(dim, even=(i % 2 == 0))
 
     def net(in_features: int, out_features: int) -> nn.Module:
         return nets.ResidualNet(in_features, out_features, hidden_features=hidden, num_blocks=blocks)
 
-    return transforms.PiecewiseRationalQuadraticCouplingTransform(
+    cls = FastRQCouplingTransform if fast else transforms.PiecewiseRationalQuadraticCouplingTransform
+    return cls(
         mask=mask,
         transform_net_create_fn=net,
         num_bins=bins,
@@ -78,7 +82,8 @@ def build_transform(dim: int, cfg: FlowConfig | None = None) -> transforms.Trans
         raise ValueError(f"unknown flow kind {cfg.kind!r} (coupling|reference)")
     layers: list[transforms.Transform] = []
     for i in range(cfg.layers):
-        layers.append(_coupling(dim, i, cfg.hidden, cfg.blocks, cfg.bins, cfg.tail_bound))
+        # the reference configuration keeps nflows' own spline code (it is what bench/train_step.py compares to)
+        layers.append(_coupling(dim, i, cfg.hidden, cfg.blocks, cfg.bins, cfg.tail_bound, fast=cfg.kind == "coupling"))
         if cfg.lu_linear:
             layers.append(transforms.LULinear(dim, identity_init=True))
     return transforms.CompositeTransform(layers)
