@@ -152,10 +152,10 @@ def test_exact_part_with_the_true_component_luminosities_is_the_sps(emu):
     def true_components(z, tau1, tau2, n_dust, t_burst, log_zmet):
         w_z = metallicity_weights(log_zmet, sps.zmet_grid)[2]
         burst = torch.einsum("nk,nkb->nb", w_z, sps.burst_band_luminosities(z, tau2, n_dust, t_burst))
-        return sps.basis_band_luminosities(z, tau1, tau2, n_dust), burst
+        return torch.log(sps.basis_band_luminosities(z, tau1, tau2, n_dust)), torch.log(burst)
 
     exact = emu.to()
-    exact.component_luminosities = true_components
+    exact.component_ln_luminosities = true_components
     with torch.no_grad():
         f_exact, f_sps = exact.fluxes(theta), sps.fluxes(theta)
     # magnitudes brighter than 40 (fainter fluxes -- far-UV behind τ ~ 100 of dust -- reach float32 denormals)
