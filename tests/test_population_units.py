@@ -145,6 +145,19 @@ def test_sort_rows_matches_torch_sort_with_gradients():
     assert torch.equal(tg.grad, torch.argsort(o0, dim=-1).float())
 
 
+def test_weighted_quantile_counts_equal_searchsorted():
+    from engine.population.losses import _count_below_uniform_levels
+
+    g = torch.Generator().manual_seed(4)
+    for p, n, m in [(64, 900, 700), (3, 10, 7), (8, 50, 4000)]:
+        w = torch.rand(p, n, generator=g, dtype=torch.float64)
+        w[:, ::3] = 0  # zero weights: repeated mid-points
+        w = w / w.sum(1, keepdim=True)
+        mid = torch.cumsum(w, 1) - 0.5 * w
+        levels = ((torch.arange(m, dtype=torch.float64) + 0.5) / m).expand(p, -1).contiguous()
+        assert torch.equal(_count_below_uniform_levels(mid, m), torch.searchsorted(mid.contiguous(), levels))
+
+
 def test_sliced_fresh_directions_each_call():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(300, 5, generator=g)
