@@ -5,8 +5,8 @@ Public API
 - :func:`fit` (returns a :class:`Run`) and :func:`iter_fit` (the event iterator, for notebooks and the
   dashboard): fit a catalog into a run directory (docs/run_format.md);
 - :class:`Run`: read a run directory (config, history, population, summary, flows);
-- building blocks: :class:`PopulationFlow` / :class:`FlowConfig` (flow.py), :class:`BoxBijection`
-  (bounds.py), :func:`sliced_wasserstein` / :class:`SinkhornLoss` (losses.py), :class:`NoiseModel` /
+- building blocks: :class:`PopulationFlow` / :class:`FlowConfig` (flow.py; its splines in spline.py),
+  :class:`BoxBijection` (bounds.py), :func:`sliced_wasserstein` / :class:`SinkhornLoss` (losses.py), :class:`NoiseModel` /
   :func:`asinh_mag` (noise.py), :func:`parse_selection` / :func:`selection_mask` (selection.py),
   :class:`Trainer` / :class:`TrainConfig` (train.py).
 """
