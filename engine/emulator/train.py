@@ -119,8 +119,9 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
                   name: str = "network", log: Callable[[str], None] | None = print):
     """Fit a :class:`SpeculatorMLP` to standardised targets with a cosine learning-rate decay.
 
-    The decay runs over ``epochs`` epochs, or over ``max_minutes`` of wall time when that is given (then
-    ``epochs`` is only an upper bound).  Returns ``(net, y_mean, y_std, history, val_rmse)``; ``val_rmse``
+    The decay runs over ``epochs`` epochs, or over ``max_minutes`` of wall time when that is given,
+    whichever ends first: the learning rate always reaches its floor at the end of training (a time budget
+    longer than ``epochs`` used to stop with the rate still high).  Returns ``(net, y_mean, y_std, history, val_rmse)``; ``val_rmse``
     is the root-mean-square error in h [mag] over the uncensored validation values.
     """
     device = resolve_device(device)
@@ -148,9 +149,10 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
     n_batches = math.ceil(n_tr / batch)
 
     def progress(epoch: int, b: int) -> float:
+        by_epoch = (epoch + b / n_batches) / epochs
         if max_minutes is not None:
-            return (time.perf_counter() - t0) / (60.0 * max_minutes)
-        return (epoch + b / n_batches) / epochs
+            return max(by_epoch, (time.perf_counter() - t0) / (60.0 * max_minutes))
+        return by_epoch
 
     def val_loss() -> float:
         tot = 0.0
