@@ -188,3 +188,16 @@ def test_training_a_small_emulator_from_scratch(tmp_path):
     assert float(d.median()) < 0.4, float(d.median())
     assert float(d0.median()) > 4 * float(d.median()), (float(d0.median()), float(d.median()))
     assert res.val_rmse_mag["basis"] < 0.6 and res.val_rmse_mag["burst"] < 0.8, res.val_rmse_mag
+
+
+def test_learning_rate_reaches_its_floor_when_the_epoch_cap_ends_training():
+    """A time budget longer than the epoch cap must not stop training with the learning rate still high."""
+    from engine.emulator.train import train_network
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(600, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(3 * x) @ torch.ones(3, 2, dtype=torch.float64)
+    _, _, _, hist, _ = train_network(x, y, hidden=(8,), seed=0, device="cpu", epochs=4, batch=100, lr=2e-3,
+                                     max_minutes=60.0, log=None)
+    assert len(hist) == 4
+    assert hist[-1]["lr"] < 2e-3 * 0.05, hist[-1]["lr"]
