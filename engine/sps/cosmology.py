@@ -42,6 +42,7 @@ class CosmologyTable:
         age = cosmology.age(z).to_value("Gyr")
         self.age_now_gyr = float(age[0])
         self._z = z
+        self._age_gyr_grid = age
         self._dl = torch.as_tensor(np.maximum(dl, D_L_FLOOR_MPC), device=device, dtype=dtype)
         self._age = torch.as_tensor(age, device=device, dtype=dtype)
 
@@ -49,6 +50,11 @@ class CosmologyTable:
     def z_grid(self) -> np.ndarray:
         """The table's redshift grid (n,), uniform on [0, z_max]."""
         return self._z
+
+    @property
+    def age_grid_gyr(self) -> np.ndarray:
+        """Age of the Universe [Gyr] on :attr:`z_grid`, float64 (for tabulating other functions of z)."""
+        return self._age_gyr_grid
 
     def interp(self, table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Linear interpolation in z (N,) of ``table`` (n, ...) tabulated on :attr:`z_grid`: (N, ...).
