@@ -31,6 +31,54 @@ def test_speculator_activation_limits():
     assert torch.allclose(a(x), torch.where(x > 0, x, 0.2 * x))
 
 
+@pytest.mark.parametrize("zero_beta", [False, True])
+def test_inference_form_is_the_trained_network(zero_beta):
+    """β folded into the layers (and, with a β of 0, the unfolded fallback), rows selected and an affine
+    output map folded in: the same function as the training form, values and input gradients."""
+    from engine.emulator.network import InferenceMLP, SpeculatorMLP
+
+    torch.manual_seed(0)
+    net = SpeculatorMLP(6, 10, (16, 16)).double()
+    with torch.no_grad():
+        for m in net.net:
+            if isinstance(m, SpeculatorActivation):
+                m.beta.copy_(torch.randn(16) * 3)
+        if zero_beta:
+            net.net[1].beta[3] = 0.0
+    rows, scale, shift = [7, 2, 9], torch.rand(10, dtype=torch.float64) + 0.5, torch.randn(10, dtype=torch.float64)
+    inf = InferenceMLP(net, rows, scale, shift)
+    assert (inf.beta0 is not None) == zero_beta and inf.beta1 is None
+    x1 = torch.randn(200, 6, dtype=torch.float64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    ref = net(x1)[:, rows] * scale[rows] + shift[rows]
+    out = inf(x2)
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    (ref ** 2).sum().backward()
+    (out ** 2).sum().backward()
+    assert torch.allclose(x2.grad, x1.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_node_pair_head_is_the_full_layer_at_the_two_bracketing_nodes():
+    from engine.emulator.model import NodePairHead
+    from engine.emulator.network import InferenceMLP, SpeculatorMLP
+
+    torch.manual_seed(1)
+    n_z, per_node = 5, 6
+    inf = InferenceMLP(SpeculatorMLP(4, n_z * per_node, (8,)).double())
+    head = NodePairHead(inf, n_z)
+    k = torch.tensor([3, 0, 2, 3, 1, 0, 3])  # unsorted, repeated, one group (k = 2) of size 1
+    h1 = torch.randn(len(k), 8, dtype=torch.float64, requires_grad=True)
+    h2 = h1.detach().clone().requires_grad_(True)
+    full = torch.addmm(inf.b_out, h1, inf.w_out.t()).view(len(k), n_z, per_node)
+    ref = torch.stack([full[torch.arange(len(k)), k], full[torch.arange(len(k)), k + 1]], 1).reshape(len(k), -1)
+    out = head(h2, k)
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    w = torch.randn_like(ref)
+    (ref * w).sum().backward()
+    (out * w).sum().backward()
+    assert torch.allclose(h2.grad, h1.grad, rtol=0, atol=1e-12)
+
+
 def test_shipped_emulator_reproduces_the_sps(emu):
     theta = uniform_theta(emu, 3000, seed=321)
     with torch.no_grad():
@@ -149,10 +197,12 @@ def test_exact_part_with_the_true_component_luminosities_is_the_sps(emu):
     theta = uniform_theta(emu, 300, seed=8)
     sps = emu.sps
 
-    def true_components(z, tau1, tau2, n_dust, t_burst, log_zmet):
-        w_z = metallicity_weights(log_zmet, sps.zmet_grid)[2]
+    def true_components(z, tau1, tau2, n_dust, t_burst, log_zmet, zmet_nodes=None):
+        k, _, w_z = metallicity_weights(log_zmet, sps.zmet_grid)
         burst = torch.einsum("nk,nkb->nb", w_z, sps.burst_band_luminosities(z, tau2, n_dust, t_burst))
-        return torch.log(sps.basis_band_luminosities(z, tau1, tau2, n_dust)), torch.log(burst)
+        basis = sps.basis_band_luminosities(z, tau1, tau2, n_dust)  # (N, n_Z, 4, B): the pair k, k+1 is used
+        pair = torch.stack([basis[torch.arange(len(k)), k], basis[torch.arange(len(k)), k + 1]], 1)
+        return torch.log(pair), torch.log(burst)
 
     exact = emu.to()
     exact.component_ln_luminosities = true_components

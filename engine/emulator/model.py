@@ -50,14 +50,13 @@ ranges, training-set size, measured accuracy, versions), loaded with ``weights_o
 """
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from engine.emulator.network import SpeculatorMLP
+from engine.emulator.network import InferenceMLP, SpeculatorMLP
 from engine.errors import ModelFileError
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
@@ -164,25 +163,53 @@ def basis_survival_table(cosmo: CosmologyTable, age_edges_gyr: torch.Tensor, liv
     return s_basis.to(device=live_frac.device, dtype=live_frac.dtype)
 
 
-def ln_luminosity_net(net: SpeculatorMLP, y_mean: torch.Tensor, y_std: torch.Tensor, rows: Sequence[int]) -> SpeculatorMLP:
-    """An evaluation copy of a trained network that outputs ln L directly, for the output ``rows`` only.
+def ln_luminosity_net(net: SpeculatorMLP, y_mean: torch.Tensor, y_std: torch.Tensor, rows: Sequence[int]) -> InferenceMLP:
+    """The evaluation form (:class:`InferenceMLP`) of a trained network that outputs ln L directly, for the
+    output ``rows`` only.
 
     The networks are trained on standardised h = −2.5 log10 L; the de-standardisation and the change to
     ln L = −0.4 ln(10) · (y · std + mean) are affine, so they are folded into the last layer (in float64),
     which saves three passes over the largest tensors and computes only the selected bands' outputs."""
-    out = copy.deepcopy(net).double().eval()
-    last = out.net[-1]
-    idx = torch.as_tensor(list(rows), dtype=torch.long)
-    c = -0.4 * math.log(10.0) * y_std.double()[idx]
-    weight = last.weight.detach()[idx] * c.unsqueeze(1)
-    bias = c * last.bias.detach()[idx] - 0.4 * math.log(10.0) * y_mean.double()[idx]
-    out.net[-1] = torch.nn.Linear(weight.shape[1], weight.shape[0], dtype=torch.float64)
-    out.net[-1].weight.data.copy_(weight)
-    out.net[-1].bias.data.copy_(bias)
-    out.n_out = len(idx)
-    for p in out.parameters():
-        p.requires_grad_(False)
-    return out
+    c = -0.4 * math.log(10.0)
+    return InferenceMLP(net, rows, c * y_std.double(), c * y_mean.double()).eval()
+
+
+class NodePairHead(torch.nn.Module):
+    """The basis network's last layer evaluated only for the two metallicity nodes that bracket each galaxy.
+
+    Of the n_Z nodes' outputs only nodes k and k+1 have weight (linear interpolation in Z), so the rows
+    are grouped by k (one sort) and each group is multiplied by the weights of its two nodes alone:
+    2/n_Z of the full layer's work, and no gather of the full (N, n_Z, 4·B) output afterwards.
+
+    Parameters
+    ----------
+    net : InferenceMLP
+        The basis network in evaluation form; its outputs are ordered (node, basis, band).
+    n_z : int
+        Number of metallicity nodes.
+    """
+
+    def __init__(self, net: InferenceMLP, n_z: int):
+        super().__init__()
+        w = net.w_out.reshape(n_z, -1, net.w_out.shape[1])
+        b = net.b_out.reshape(n_z, -1)
+        self.register_buffer("w_pair", torch.cat([w[:-1], w[1:]], 1))  # (n_Z − 1, 2·4·B, H)
+        self.register_buffer("b_pair", torch.cat([b[:-1], b[1:]], 1))  # (n_Z − 1, 2·4·B)
+        self.n_z = n_z
+
+    def forward(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Outputs of nodes k and k+1 for hidden features ``h`` (N, H) and lower nodes ``k`` (N,): (N, 2·4·B)."""
+        order = torch.argsort(k)
+        counts = torch.bincount(k, minlength=self.n_z - 1).tolist()
+        hs = h.index_select(0, order)
+        out, start = [], 0
+        for j, c in enumerate(counts):
+            if c:
+                out.append(torch.addmm(self.b_pair[j], hs[start:start + c], self.w_pair[j].t()))
+                start += c
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.shape[0], device=order.device)
+        return torch.cat(out).index_select(0, inverse)
 
 
 class Emulator:
@@ -216,6 +243,7 @@ class Emulator:
                           for b in self._band_index], "burst": self._band_index}
         self._ln_nets = {k: ln_luminosity_net(net, *norms[k], rows[k]).to(device=self.device, dtype=dtype)
                          for k, net in nets.items()}
+        self._basis_pairs = NodePairHead(self._ln_nets["basis"], self.n_z)
         self.z_max = float(metadata["z_max"])
         b = param_bounds(self.z_max)
         self.bounds = torch.tensor([b[n] for n in PARAM_NAMES], device=self.device, dtype=dtype)
@@ -234,22 +262,27 @@ class Emulator:
         return prepare_theta(theta, self.bounds, self.device, self.dtype)
 
     def component_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet) -> tuple[torch.Tensor, torch.Tensor]:
-        """Emulated band luminosities per M☉ formed, for the selected bands: of the pure bases at each
-        metallicity node (N, n_Z, 4, B), and of the burst at the galaxy's metallicity (N, B);
+        """Emulated band luminosities per M☉ formed, for the selected bands: of the pure bases at the two
+        metallicity nodes k, k+1 that bracket the galaxy's Z (N, 2, 4, B; k from
+        :func:`engine.sps.model.metallicity_weights`), and of the burst at the galaxy's metallicity (N, B);
         ``t_burst`` [Gyr] ≤ t_age(z) (see the module docstring)."""
         ln_basis, ln_burst = self.component_ln_luminosities(z, tau1, tau2, n_dust, t_burst, log_zmet)
         return torch.exp(ln_basis), torch.exp(ln_burst)
 
-    def component_ln_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet) -> tuple[torch.Tensor, torch.Tensor]:
-        """ln of :meth:`component_luminosities` (what the networks output)."""
+    def component_ln_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet,
+                                  zmet_nodes: tuple[torch.Tensor, torch.Tensor] | None = None
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ln of :meth:`component_luminosities` (what the networks output); ``zmet_nodes`` = (k, a) of
+        :func:`engine.sps.model.metallicity_weights` when the caller has them."""
         n = z.shape[0]
+        k_z, a_z = zmet_nodes if zmet_nodes is not None else metallicity_weights(log_zmet, self.zmet_grid)[:2]
         dust = self.inputs.dust(z, tau2, n_dust)
-        ln_basis = self._ln_nets["basis"](self.inputs.basis(z, tau1, tau2, n_dust, dust))
-        k_z, a_z, _ = metallicity_weights(log_zmet, self.zmet_grid)
+        h = self._ln_nets["basis"].features(self.inputs.basis(z, tau1, tau2, n_dust, dust))
+        ln_basis = self._basis_pairs(h, k_z)
         k_b, a_b = sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages)
         sed = burst_sed_features(self.sed_table, k_z, a_z, k_b, a_b, self.sed_mean, self.sed_std)
         ln_burst = self._ln_nets["burst"](self.inputs.burst(z, tau2, n_dust, t_burst, log_zmet, sed, dust))
-        return ln_basis.view(n, self.n_z, N_BASES, len(self.bands)), ln_burst
+        return ln_basis.view(n, 2, N_BASES, len(self.bands)), ln_burst
 
     # ---------------------------------------------------------------- public API (as SPSModel)
     def fluxes(self, theta: torch.Tensor) -> torch.Tensor:
@@ -262,16 +295,15 @@ class Emulator:
         f = c["f_burst"] * sfh_mod.burst_active(c["t_burst"], t_age)
         t_b = torch.minimum(c["t_burst"], t_age)  # the burst's age when active; irrelevant (f = 0) otherwise
         k_z, a_z, _ = metallicity_weights(c["log_zmet"], self.zmet_grid)
-        ln_lum, ln_lum_b = self.component_ln_luminosities(z, c["tau1"], c["tau2"], c["n_dust"], t_b, c["log_zmet"])
         # only the two bracketing metallicity nodes have weight: light and surviving mass combine those alone
-        n, n_b = z.shape[0], ln_lum.shape[-1]
+        ln_lum2, ln_lum_b = self.component_ln_luminosities(z, c["tau1"], c["tau2"], c["n_dust"], t_b, c["log_zmet"],
+                                                           zmet_nodes=(k_z, a_z))
         nodes = torch.stack([k_z, k_z + 1], 1)  # (N, 2)
         w_node = torch.stack([1.0 - a_z, a_z], 1)  # (N, 2)
         w2 = w_node.unsqueeze(2) * beta.unsqueeze(1)  # (N, 2, 4)
-        lum2 = torch.exp(ln_lum.reshape(n, self.n_z, -1).gather(1, nodes.unsqueeze(2).expand(-1, -1, N_BASES * n_b)))
         g = 1.0 - f
         # (an einsum here becomes N tiny batched matmuls, 10x slower on CPU than the broadcast product)
-        band = g.unsqueeze(1) * (w2.unsqueeze(3) * lum2.view(n, 2, N_BASES, n_b)).sum((1, 2)) + f.unsqueeze(1) * torch.exp(ln_lum_b)
+        band = g.unsqueeze(1) * (w2.unsqueeze(3) * torch.exp(ln_lum2)).sum((1, 2)) + f.unsqueeze(1) * torch.exp(ln_lum_b)
         s_basis = self.cosmo.interp(self._s_basis_table, z).gather(1, nodes.unsqueeze(2).expand(-1, -1, N_BASES))
         s_burst = burst_survival(t_b, self.ssp_log_ages, self.ssp_live).gather(1, nodes)
         surv = g * (w2 * s_basis).sum((1, 2)) + f * (w_node * s_burst).sum(1)

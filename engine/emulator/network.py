@@ -10,6 +10,8 @@ but sharply varying mappings from physical parameters to photometry.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -42,3 +44,73 @@ class SpeculatorMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class InferenceMLP(nn.Module):
+    """A trained :class:`SpeculatorMLP` in evaluation form: the same function, fewer passes over memory.
+
+    With t = β ⊙ x the activation is a(x) = [γ t + (1 − γ) silu(t)] / β, so β of hidden layer i is folded
+    into layer i's weights and bias (it outputs t directly) and 1/β into layer i+1's weights; what is left
+    per unit is γ t + (1 − γ) silu(t), three native passes (silu has a fused backward) instead of the
+    seven of the training form.  A layer with any |β| ≤ ``BETA_MIN`` is not folded (1/β would be
+    ill-conditioned) and keeps t σ(β t).  The last layer keeps only the output ``rows`` and includes an
+    affine map ``scale · y + shift`` of them.  All folding is done in float64; the parameters are buffers
+    (no gradients: θ is what is differentiated).
+
+    ``features(x)`` gives the last hidden layer, so a caller can evaluate the last layer itself
+    (``w_out``, ``b_out``), e.g. for a subset of outputs per row.
+    """
+
+    BETA_MIN = 1e-4
+
+    def __init__(self, net: SpeculatorMLP, rows: Sequence[int] | None = None, scale: torch.Tensor | None = None,
+                 shift: torch.Tensor | None = None):
+        super().__init__()
+        lin = [m for m in net.net if isinstance(m, nn.Linear)]
+        act = [m for m in net.net if isinstance(m, SpeculatorActivation)]
+        inv_prev = None  # 1/β of the previous layer (None: not folded / input layer)
+        self.n_hidden = len(act)
+        for i, (layer, a) in enumerate(zip(lin[:-1], act)):
+            w, b = layer.weight.detach().double(), layer.bias.detach().double()
+            if inv_prev is not None:
+                w = w * inv_prev.unsqueeze(0)
+            beta, gamma = a.beta.detach().double(), a.gamma.detach().double()
+            fold = bool((beta.abs() > self.BETA_MIN).all())
+            if fold:
+                w, b = w * beta.unsqueeze(1), b * beta
+                inv_prev = 1.0 / beta
+            else:
+                inv_prev = None
+            self.register_buffer(f"w{i}", w)
+            self.register_buffer(f"b{i}", b)
+            self.register_buffer(f"g{i}", gamma)
+            self.register_buffer(f"og{i}", 1.0 - gamma)
+            self.register_buffer(f"beta{i}", None if fold else beta)
+        w, b = lin[-1].weight.detach().double(), lin[-1].bias.detach().double()
+        if inv_prev is not None:
+            w = w * inv_prev.unsqueeze(0)
+        idx = torch.arange(w.shape[0]) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+        w, b = w[idx], b[idx]
+        if scale is not None:
+            s = torch.as_tensor(scale, dtype=torch.float64).reshape(-1)
+            s = s[idx] if s.numel() > 1 else s
+            w, b = w * s.unsqueeze(1), b * s
+        if shift is not None:
+            c = torch.as_tensor(shift, dtype=torch.float64).reshape(-1)
+            b = b + (c[idx] if c.numel() > 1 else c)
+        self.register_buffer("w_out", w)
+        self.register_buffer("b_out", b)
+        self.n_in, self.n_out = lin[0].in_features, int(w.shape[0])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last hidden layer (N, H)."""
+        h = x
+        for i in range(self.n_hidden):
+            t = torch.addmm(getattr(self, f"b{i}"), h, getattr(self, f"w{i}").t())
+            beta = getattr(self, f"beta{i}")
+            s = torch.nn.functional.silu(t) if beta is None else t * torch.sigmoid(beta * t)
+            h = torch.addcmul(getattr(self, f"g{i}") * t, getattr(self, f"og{i}"), s)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b_out, self.features(x), self.w_out.t())
