@@ -36,6 +36,9 @@ def fwd_bwd_rate(model, theta: torch.Tensor, repeats: int) -> float:
 def main(argv=None) -> int:
     from engine.emulator import default_emulator_path, load
     from engine.emulator.train import uniform_theta
+    from engine.runtime import tune_cpu_allocator
+
+    tuned = tune_cpu_allocator()  # for both models alike (see engine/runtime.py)
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--file", default=str(default_emulator_path()))
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
     r_sps = fwd_bwd_rate(emu.sps, theta, args.repeats)
     meta = emu.metadata
     out = {"device": str(emu.device), "threads": torch.get_num_threads(), "batch": args.batch,
+           "allocator_tuned": tuned,
            "emulator_fwd_bwd_gal_per_s": r_emu, "sps_fwd_bwd_gal_per_s": r_sps, "ratio": r_emu / r_sps,
            "training_minutes": meta.get("training_seconds", float("nan")) / 60, "n_train": meta.get("n_train"),
            "accuracy": meta.get("accuracy")}

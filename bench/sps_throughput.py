@@ -76,7 +76,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    from engine.runtime import tune_cpu_allocator
     from engine.sps import SPSModel
+
+    tune_cpu_allocator()
 
     model = SPSModel(BANDS, device=None if args.device == "auto" else args.device)
     rows = []

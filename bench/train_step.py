@@ -83,6 +83,9 @@ def _forward_model(device):
 def _measure(config: str, n: int, reps: int, device: str, threads: int, q):
     import torch
 
+    from engine.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     if threads:
         torch.set_num_threads(threads)
     import numpy as np

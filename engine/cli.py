@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``popsed`` console script."""
+    from engine.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -197,7 +197,7 @@ def test_exact_part_with_the_true_component_luminosities_is_the_sps(emu):
     theta = uniform_theta(emu, 300, seed=8)
     sps = emu.sps
 
-    def true_components(z, tau1, tau2, n_dust, t_burst, log_zmet, zmet_nodes=None):
+    def true_components(z, tau1, tau2, n_dust, t_burst, log_zmet, nodes=None):
         k, _, w_z = metallicity_weights(log_zmet, sps.zmet_grid)
         burst = torch.einsum("nk,nkb->nb", w_z, sps.burst_band_luminosities(z, tau2, n_dust, t_burst))
         basis = sps.basis_band_luminosities(z, tau1, tau2, n_dust)  # (N, n_Z, 4, B): the pair k, k+1 is used

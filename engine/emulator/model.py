@@ -61,7 +61,7 @@ from engine.errors import ModelFileError
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import bump_strength, tau_ism_at
-from engine.sps.model import DERIVED_NAMES, burst_survival, ln_flux_scale, metallicity_weights, resolve_device
+from engine.sps.model import DERIVED_NAMES, ln_flux_scale, metallicity_weights, resolve_device
 from engine.sps.params import IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 
 FORMAT = "popsed-emulator"
@@ -145,7 +145,7 @@ def burst_sed_features(sed_table: torch.Tensor, k_z: torch.Tensor, a_z: torch.Te
     flat = sed_table.reshape(-1, sed_table.shape[2])
     i00, i10 = k_z * n_s + k_b, (k_z + 1) * n_s + k_b
     az, ab = a_z.unsqueeze(1), a_b.unsqueeze(1)
-    mix = ((1 - az) * ((1 - ab) * flat[i00] + ab * flat[i00 + 1]) + az * ((1 - ab) * flat[i10] + ab * flat[i10 + 1]))
+    mix = torch.lerp(torch.lerp(flat[i00], flat[i00 + 1], ab), torch.lerp(flat[i10], flat[i10 + 1], ab), az)
     return (torch.log10(mix.clamp(min=1e-30)) - mean) / std
 
 
@@ -270,16 +270,18 @@ class Emulator:
         return torch.exp(ln_basis), torch.exp(ln_burst)
 
     def component_ln_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet,
-                                  zmet_nodes: tuple[torch.Tensor, torch.Tensor] | None = None
-                                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ln of :meth:`component_luminosities` (what the networks output); ``zmet_nodes`` = (k, a) of
-        :func:`engine.sps.model.metallicity_weights` when the caller has them."""
+                                  nodes: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ln of :meth:`component_luminosities` (what the networks output); ``nodes`` = (k_Z, a_Z, k_age, a_age)
+        of :func:`engine.sps.model.metallicity_weights` and :func:`engine.sps.sfh.burst_interpolation` when
+        the caller has them."""
         n = z.shape[0]
-        k_z, a_z = zmet_nodes if zmet_nodes is not None else metallicity_weights(log_zmet, self.zmet_grid)[:2]
+        if nodes is None:
+            nodes = (*metallicity_weights(log_zmet, self.zmet_grid)[:2],
+                     *sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages))
+        k_z, a_z, k_b, a_b = nodes
         dust = self.inputs.dust(z, tau2, n_dust)
         h = self._ln_nets["basis"].features(self.inputs.basis(z, tau1, tau2, n_dust, dust))
         ln_basis = self._basis_pairs(h, k_z)
-        k_b, a_b = sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages)
         sed = burst_sed_features(self.sed_table, k_z, a_z, k_b, a_b, self.sed_mean, self.sed_std)
         ln_burst = self._ln_nets["burst"](self.inputs.burst(z, tau2, n_dust, t_burst, log_zmet, sed, dust))
         return ln_basis.view(n, 2, N_BASES, len(self.bands)), ln_burst
@@ -295,17 +297,22 @@ class Emulator:
         f = c["f_burst"] * sfh_mod.burst_active(c["t_burst"], t_age)
         t_b = torch.minimum(c["t_burst"], t_age)  # the burst's age when active; irrelevant (f = 0) otherwise
         k_z, a_z, _ = metallicity_weights(c["log_zmet"], self.zmet_grid)
+        k_b, a_b = sfh_mod.burst_interpolation(t_b, self.ssp_log_ages)
         # only the two bracketing metallicity nodes have weight: light and surviving mass combine those alone
         ln_lum2, ln_lum_b = self.component_ln_luminosities(z, c["tau1"], c["tau2"], c["n_dust"], t_b, c["log_zmet"],
-                                                           zmet_nodes=(k_z, a_z))
+                                                           nodes=(k_z, a_z, k_b, a_b))
         nodes = torch.stack([k_z, k_z + 1], 1)  # (N, 2)
         w_node = torch.stack([1.0 - a_z, a_z], 1)  # (N, 2)
         w2 = w_node.unsqueeze(2) * beta.unsqueeze(1)  # (N, 2, 4)
         g = 1.0 - f
         # (an einsum here becomes N tiny batched matmuls, 10x slower on CPU than the broadcast product)
         band = g.unsqueeze(1) * (w2.unsqueeze(3) * torch.exp(ln_lum2)).sum((1, 2)) + f.unsqueeze(1) * torch.exp(ln_lum_b)
-        s_basis = self.cosmo.interp(self._s_basis_table, z).gather(1, nodes.unsqueeze(2).expand(-1, -1, N_BASES))
-        s_burst = burst_survival(t_b, self.ssp_log_ages, self.ssp_live).gather(1, nodes)
+        # surviving mass at those two nodes only: the smooth bases' z table and the burst's SSP ages
+        k_t, a_t = self.cosmo.interp_index(z)
+        k_t = k_t.unsqueeze(1)
+        s_basis = torch.lerp(self._s_basis_table[k_t, nodes], self._s_basis_table[k_t + 1, nodes], a_t[:, None, None])
+        k_b = k_b.unsqueeze(1)
+        s_burst = torch.lerp(self.ssp_live[nodes, k_b], self.ssp_live[nodes, k_b + 1], a_b.unsqueeze(1))
         surv = g * (w2 * s_basis).sum((1, 2)) + f * (w_node * s_burst).sum(1)
         ln_scale = math.log(10.0) * c["log_mstar"] - torch.log(surv) + ln_flux_scale(z, self.cosmo)
         return band * torch.exp(ln_scale).unsqueeze(1)

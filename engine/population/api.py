@@ -182,6 +182,9 @@ def iter_fit(catalog, out, *, bands="auto", members: int = 4, steps: int = 1000,
     ``False``/``"off"``: never); ``stream_options``: :class:`~engine.population.stream.StreamOptions`
     fields.
     """
+    from engine.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     out = Path(out)
     dev = resolve_device(device)
     distributed = bool(workers or scheduler or client is not None)

@@ -60,10 +60,15 @@ class CosmologyTable:
         """Linear interpolation in z (N,) of ``table`` (n, ...) tabulated on :attr:`z_grid`: (N, ...).
 
         Differentiable in z; any function of z alone can be tabulated once and evaluated this way."""
+        k, a = self.interp_index(z)
+        a = a.reshape(z.shape + (1,) * (table.ndim - 1))
+        return table[k] * (1.0 - a) + table[k + 1] * a
+
+    def interp_index(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grid index k (long) and weight a (differentiable in z) of :meth:`interp`: value = (1−a) T[k] + a T[k+1]."""
         s = (z / self.dz).clamp(min=0.0)
         k = s.detach().floor().long().clamp(max=len(self._z) - 2)
-        a = (s - k.to(s.dtype)).reshape(z.shape + (1,) * (table.ndim - 1))
-        return table[k] * (1.0 - a) + table[k + 1] * a
+        return k, s - k.to(s.dtype)
 
     def luminosity_distance_mpc(self, z: torch.Tensor) -> torch.Tensor:
         """D_L [Mpc], floored at 10 pc."""
