@@ -131,3 +131,21 @@ def test_entropy_term_estimates_the_flow_entropy_and_steers_training():
     h0, h1 = spread(0.0), spread(0.5)
     print("entropy without / with the term:", h0, h1)
     assert h1 > h0 + 0.3, (h0, h1)
+
+
+def test_weight_average_arithmetic():
+    """update_average: a = d·a + (1 − d)·w with the warm-up decay min(ema, (1+t)/(10+t))."""
+    tr, *_ = _trainer(n=400, steps=10, ema=0.9)
+    ms = tr.new_member(0)
+    avg0 = {k: v.clone() for k, v in ms.ema_flow.state_dict().items()}
+    assert all(torch.equal(avg0[k], v) for k, v in ms.flow.state_dict().items())  # starts at the initial flow
+    with torch.no_grad():
+        for p in ms.flow.parameters():
+            p.add_(1.0)
+    for step, d in ((0, 0.1), (50, 51 / 60), (200, 0.9)):
+        ms.step = step
+        before = {k: v.clone() for k, v in ms.ema_flow.state_dict().items()}
+        tr.update_average(ms)
+        for name, p in ms.flow.named_parameters():
+            want = d * before[name] + (1 - d) * p.detach()
+            assert torch.allclose(ms.ema_flow.state_dict()[name], want, atol=1e-6), (step, name)

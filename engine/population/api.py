@@ -594,7 +594,7 @@ def _map_band(band, cat_bands, model_bands):
 
 def _light(ms):
     ms.opt = None  # drop the optimiser state of a finished member (keeps memory flat)
-    ms.flow = None
+    ms.flow = ms.ema_flow = None
     return ms
 
 
@@ -625,7 +625,7 @@ def _save_checkpoint(out: Path, trainer: Trainer, ms) -> None:
 
 
 def _save_flow(out: Path, trainer: Trainer, ms, cfg: TrainConfig) -> None:
-    state = ms.best_flow if ms.best_flow else {k: v.detach().cpu() for k, v in ms.flow.state_dict().items()}
+    state = ms.best_flow if ms.best_flow else {k: v.detach().cpu() for k, v in ms.eval_flow.state_dict().items()}
     atomic_torch_save(out / "flows" / f"member_{ms.member}.pt", {
         "format": "popsed-flow", "version": 1, "member": ms.member, "seed": ms.seed,
         "best_step": ms.best_step, "best_val_loss": float(ms.best_val), "status": ms.status,

@@ -18,7 +18,10 @@ Validation (every ``val_every`` steps and at the last step) uses the held-out ca
 fixed number of draws and a *fixed* random stream per member (common random numbers, so successive
 validation losses differ only through the flow), and is always the sliced Wasserstein distance with fixed
 directions (cheap, and one metric for comparing members whatever the training loss).  The best
-validation state is kept.  The noise floor is the same distance between the validation and the training
+validation state is kept.  With ``ema`` > 0 the flow's weights are also averaged over the steps (an
+exponential moving average, Polyak & Juditsky 1992), and validation, the best state and the results use the
+average: single Adam iterates jump around (validation losses scatter by tens of per cent from one
+validation to the next), so the best single iterate is partly a lucky draw, while the average is not.  The noise floor is the same distance between the validation and the training
 rows of the catalog.
 
 Rows of the observed catalog without a measurement (NaN) in any fitted band are not used (counted in the
@@ -75,6 +78,7 @@ class TrainConfig:
     entropy: float = 0.0  # weight of the -entropy term (maximum-entropy preference among equally good fits)
     entropy_samples: int = 1024
     z_weight: float = 1.0  # weight of the observed-redshift column in the loss (``--redshift observed``)
+    ema: float = 0.0  # decay per step of the flow-weight average used for validation and results (0: off)
     obs_cap: int = 50000
     converge_factor: float = 1.5
     diverge_nonfinite: int = 25
@@ -93,6 +97,8 @@ class TrainConfig:
             raise PopsedError("members and steps must be >= 1 and batch >= 2")
         if self.lr_schedule not in ("onecycle", "constant"):
             raise PopsedError(f"unknown lr schedule {self.lr_schedule!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise PopsedError(f"ema must be in [0, 1), got {self.ema}")
         if not self.z_weight > 0:
             raise PopsedError(f"z_weight must be > 0, got {self.z_weight}")
         if self.noise_shape not in ("linear", "reference"):
@@ -300,6 +306,12 @@ class MemberState:
     nonfinite: int = 0
     seconds: float = 0.0
     status: str = "running"
+    ema_flow: PopulationFlow | None = None  # weight average (``TrainConfig.ema`` > 0)
+
+    @property
+    def eval_flow(self) -> PopulationFlow:
+        """The flow that is validated and kept: the weight average when there is one."""
+        return self.ema_flow if self.ema_flow is not None else self.flow
 
 
 def _finite_or_none(x):
@@ -381,7 +393,24 @@ class Trainer:
         torch.manual_seed(seed)  # flow initialisation (nflows uses the global RNG)
         flow = PopulationFlow(self.bounds, self.cfg.flow).to(self.device)
         opt = torch.optim.Adam(flow.parameters(), lr=self.cfg.lr_at(0))
-        return MemberState(k, seed, flow, opt, self._generator(seed), accept=1.0 if not self.cuts else 0.5)
+        ms = MemberState(k, seed, flow, opt, self._generator(seed), accept=1.0 if not self.cuts else 0.5)
+        if self.cfg.ema > 0:
+            ms.ema_flow = PopulationFlow(self.bounds, self.cfg.flow).to(self.device).requires_grad_(False)
+            ms.ema_flow.load_state_dict(flow.state_dict())
+        return ms
+
+    def update_average(self, ms: MemberState) -> None:
+        """One step of the weight average, with the usual warm-up of the decay, min(ema, (1+t)/(10+t)), so
+        the average does not remember the initial flow for long (as TensorFlow's ExponentialMovingAverage)."""
+        if ms.ema_flow is None:
+            return
+        d = min(self.cfg.ema, (1.0 + ms.step) / (10.0 + ms.step))
+        with torch.no_grad():
+            for avg, cur in zip(ms.ema_flow.state_dict().values(), ms.flow.state_dict().values()):
+                if avg.is_floating_point():
+                    avg.lerp_(cur, 1.0 - d)
+                else:
+                    avg.copy_(cur)
 
     def member_state_dict(self, ms: MemberState) -> dict:
         """Everything needed to resume member ``ms`` (tensors, numbers, strings: ``weights_only`` safe)."""
@@ -389,6 +418,7 @@ class Trainer:
             "format": "popsed-checkpoint", "version": 1,
             "member": ms.member, "seed": ms.seed, "step": ms.step, "finished": ms.finished,
             "flow": _cpu_state(ms.flow), "opt": ms.opt.state_dict(), "gen": ms.gen.get_state(),
+            "ema_flow": _cpu_state(ms.ema_flow) if ms.ema_flow is not None else {},
             "best_val": ms.best_val, "best_step": ms.best_step, "best_flow": ms.best_flow or {},
             "last_val": -1.0 if ms.last_val is None else float(ms.last_val),
             "accept": ms.accept, "nonfinite": ms.nonfinite, "seconds": ms.seconds, "status": ms.status,
@@ -401,6 +431,8 @@ class Trainer:
         if int(sd["seed"]) != ms.seed:
             raise PopsedError(f"checkpoint of member {k} has seed {sd['seed']}, the config says {ms.seed}")
         ms.flow.load_state_dict(sd["flow"])
+        if ms.ema_flow is not None:
+            ms.ema_flow.load_state_dict(sd.get("ema_flow") or sd["flow"])
         ms.opt.load_state_dict(sd["opt"])
         ms.gen.set_state(sd["gen"])
         ms.step, ms.finished = int(sd["step"]), bool(sd["finished"])
@@ -555,7 +587,7 @@ class Trainer:
     def validate(self, ms: MemberState) -> float:
         g = self._generator(ms.seed + 7919)  # the same stream at every validation
         n_draw = int(self.cfg.val_draw_factor * self.cfg.batch) if self.cuts else self.cfg.batch
-        feats = self.predict(ms.flow, g, n_draw, 1.0, n_draw, grad=False)[0]
+        feats = self.predict(ms.eval_flow, g, n_draw, 1.0, n_draw, grad=False)[0]
         if feats.shape[0] < 2:
             return math.inf
         return float(sliced_wasserstein(feats, self.x_val, p=self.cfg.sliced_p, directions=self._val_dirs))
@@ -590,6 +622,7 @@ class Trainer:
                 gn = torch.nn.utils.clip_grad_norm_(ms.flow.parameters(), cfg.grad_clip)
                 if torch.isfinite(gn):
                     ms.opt.step()
+                    self.update_average(ms)
                     ms.nonfinite = 0
                 else:
                     ms.nonfinite += 1
@@ -605,7 +638,7 @@ class Trainer:
             val = self.validate(ms)
             ms.last_val = val
             if val < ms.best_val:
-                ms.best_val, ms.best_step, ms.best_flow = val, i, _cpu_state(ms.flow)
+                ms.best_val, ms.best_step, ms.best_flow = val, i, _cpu_state(ms.eval_flow)
         ms.step += 1
         sec = time.perf_counter() - t
         ms.seconds += sec
@@ -651,7 +684,7 @@ class Trainer:
         """Samples of the best flow of member ``ms``: theta, derived, noisy magnitudes, selected."""
         n = n or self.cfg.population_samples
         flow = PopulationFlow(self.bounds, self.cfg.flow).to(self.device)
-        flow.load_state_dict(ms.best_flow if ms.best_flow else _cpu_state(ms.flow))
+        flow.load_state_dict(ms.best_flow if ms.best_flow else _cpu_state(ms.eval_flow))
         g = self._generator(ms.seed + 104729)
         theta = flow.sample(n, g)
         f = self.model.fluxes(theta)
