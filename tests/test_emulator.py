@@ -189,6 +189,21 @@ def test_bad_files(tmp_path, emu):
         load(missing)
 
 
+def test_rows_are_independent_of_their_batch(emu):
+    """The emulator groups rows by metallicity node internally: every row of a batch must equal the same
+    θ evaluated alone, gradients included."""
+    theta = uniform_theta(emu, 64, seed=5)
+    t_all = theta.clone().requires_grad_(True)
+    f_all = emu.magnitudes(t_all).clamp(max=40)
+    (f_all * torch.arange(1, 1 + f_all.shape[1])).sum().backward()
+    for i in (0, 7, 31, 63):
+        t_i = theta[i:i + 1].clone().requires_grad_(True)
+        f_i = emu.magnitudes(t_i).clamp(max=40)
+        (f_i * torch.arange(1, 1 + f_i.shape[1])).sum().backward()
+        assert torch.allclose(f_all[i], f_i[0], rtol=0, atol=1e-4), i
+        assert torch.allclose(t_all.grad[i], t_i.grad[0], rtol=1e-4, atol=1e-5), i
+
+
 def test_exact_part_with_the_true_component_luminosities_is_the_sps(emu):
     """Feeding the emulator's exact combination the SPS's own component luminosities gives the SPS fluxes:
     every error of the emulator is in its networks, none in the bookkeeping around them."""

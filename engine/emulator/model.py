@@ -174,6 +174,13 @@ def ln_luminosity_net(net: SpeculatorMLP, y_mean: torch.Tensor, y_std: torch.Ten
     return InferenceMLP(net, rows, c * y_std.double(), c * y_mean.double()).eval()
 
 
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """The permutation that undoes ``x[order]``."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.shape[0], device=order.device)
+    return inverse
+
+
 class NodePairHead(torch.nn.Module):
     """The basis network's last layer evaluated only for the two metallicity nodes that bracket each galaxy.
 
@@ -198,18 +205,20 @@ class NodePairHead(torch.nn.Module):
         self.n_z = n_z
 
     def forward(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Outputs of nodes k and k+1 for hidden features ``h`` (N, H) and lower nodes ``k`` (N,): (N, 2·4·B)."""
-        order = torch.argsort(k)
+        """Outputs of nodes k and k+1 for hidden features ``h`` (N, H) and lower nodes ``k`` (N,): (N, 2·4·B).
+
+        Rows already in increasing k (as :meth:`Emulator.fluxes` orders them) are used in place; otherwise
+        they are sorted here and the outputs put back in the input order."""
         counts = torch.bincount(k, minlength=self.n_z - 1).tolist()
-        hs = h.index_select(0, order)
+        grouped = k.shape[0] < 2 or bool((k[1:] >= k[:-1]).all())
+        hs = h if grouped else h.index_select(0, order := torch.argsort(k))
         out, start = [], 0
         for j, c in enumerate(counts):
             if c:
                 out.append(torch.addmm(self.b_pair[j], hs[start:start + c], self.w_pair[j].t()))
                 start += c
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.shape[0], device=order.device)
-        return torch.cat(out).index_select(0, inverse)
+        out = torch.cat(out)
+        return out if grouped else out.index_select(0, inverse_permutation(order))
 
 
 class Emulator:
@@ -290,13 +299,16 @@ class Emulator:
     def fluxes(self, theta: torch.Tensor) -> torch.Tensor:
         """AB flux densities [nanomaggies], shape (N, B); differentiable in θ."""
         theta = self._prep(theta)
+        # rows in order of metallicity node, so the basis network's last layer works on contiguous blocks
+        k_z, a_z, _ = metallicity_weights(theta[:, IDX["log_zmet"]], self.zmet_grid)
+        order = torch.argsort(k_z)
+        theta, k_z, a_z = theta.index_select(0, order), k_z[order], a_z.index_select(0, order)
         c = {name: theta[:, i] for name, i in IDX.items()}
         z = c["z"]
         t_age = self.cosmo.age_gyr(z)
         beta = sfh_mod.stick_breaking(theta[:, IDX["kappa1"]:IDX["kappa3"] + 1])
         f = c["f_burst"] * sfh_mod.burst_active(c["t_burst"], t_age)
         t_b = torch.minimum(c["t_burst"], t_age)  # the burst's age when active; irrelevant (f = 0) otherwise
-        k_z, a_z, _ = metallicity_weights(c["log_zmet"], self.zmet_grid)
         k_b, a_b = sfh_mod.burst_interpolation(t_b, self.ssp_log_ages)
         # only the two bracketing metallicity nodes have weight: light and surviving mass combine those alone
         ln_lum2, ln_lum_b = self.component_ln_luminosities(z, c["tau1"], c["tau2"], c["n_dust"], t_b, c["log_zmet"],
@@ -315,7 +327,7 @@ class Emulator:
         s_burst = torch.lerp(self.ssp_live[nodes, k_b], self.ssp_live[nodes, k_b + 1], a_b.unsqueeze(1))
         surv = g * (w2 * s_basis).sum((1, 2)) + f * (w_node * s_burst).sum(1)
         ln_scale = math.log(10.0) * c["log_mstar"] - torch.log(surv) + ln_flux_scale(z, self.cosmo)
-        return band * torch.exp(ln_scale).unsqueeze(1)
+        return (band * torch.exp(ln_scale).unsqueeze(1)).index_select(0, inverse_permutation(order))
 
     def magnitudes(self, theta: torch.Tensor) -> torch.Tensor:
         """AB magnitudes (N, B); differentiable in θ.  Fluxes are floored as in the SPS."""
