@@ -34,6 +34,12 @@ def add_subparser(sub) -> None:
                    help="weight of the maximum-entropy term E_q[log q] (default 0: off). 1e-3 prefers, among populations "
                         "that fit equally well, the least committal one; with --redshift observed it brought the "
                         "recovery benchmark's log M* W1/sd from 0.28 to 0.15")
+    p.add_argument("--ema", type=float, default=None,
+                   help="decay per step of the flow-weight average that is validated and kept (0: off, the single "
+                        "best iterate; 0.98 averages about the last 50 steps)")
+    p.add_argument("--z-weight", type=float, default=None,
+                   help="weight of the spec-z column in the loss with --redshift observed (default 1: one column "
+                        "among the photometric ones)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 10)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (and every 30 s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -77,6 +83,9 @@ def _cmd_fit(args) -> int:
         opts["entropy"] = args.entropy
     if args.val_every is not None:
         opts["val_every"] = args.val_every
+    for key in ("ema", "z_weight"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
     try:
         run = fit(args.catalog, args.out, bands=args.bands, members=args.members, steps=args.steps, batch=args.batch,
                   loss=args.loss, forward=args.forward, emulator_path=args.emulator, redshift=args.redshift,
