@@ -46,6 +46,20 @@ def test_calzetti_is_monotonic_and_vanishes_in_the_mid_ir():
     assert k[0] > 10
 
 
+def test_per_galaxy_dust_is_the_tabulated_dust():
+    """tau_ism_at (torch, per-galaxy wavelengths: the emulator's inputs) and DustCurves.tau_ism (numpy
+    formula tabulated on a grid: the SPS) are one curve, in every branch of Calzetti's k and with the bump."""
+    from engine.sps.dust import tau_ism_at
+
+    w = np.geomspace(500, 4e4, 3001)  # through the 0.12 µm, 0.63 µm and zero-crossing branch points
+    tau2 = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
+    n = torch.tensor([-2.5, 0.0, 0.7], dtype=torch.float64)
+    tab = DustCurves(w, torch.device("cpu"), torch.float64, uv_bump=True).tau_ism(tau2, n)
+    per = tau_ism_at(torch.as_tensor(w).unsqueeze(0), tau2.unsqueeze(1), n.unsqueeze(1))
+    assert torch.allclose(per, tab, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(calzetti_k(torch.as_tensor(w)), torch.as_tensor(calzetti_k(w)), rtol=1e-12, atol=1e-14)
+
+
 def test_kriek_conroy_bump_and_slope():
     w = np.array([2175.0, 3000.0, 5500.0, 1e4])
     d = DustCurves(w, torch.device("cpu"), torch.float64, uv_bump=True)
