@@ -35,11 +35,11 @@ def add_subparser(sub) -> None:
                         "that fit equally well, the least committal one; with --redshift observed it brought the "
                         "recovery benchmark's log M* W1/sd from 0.28 to 0.15")
     p.add_argument("--ema", type=float, default=None,
-                   help="decay per step of the flow-weight average that is validated and kept (0: off, the single "
-                        "best iterate; 0.98 averages about the last 50 steps)")
+                   help="decay per step of the flow-weight average that is validated and kept (default 0.98, about "
+                        "the last 50 steps; 0: off, the best single iterate)")
     p.add_argument("--z-weight", type=float, default=None,
-                   help="weight of the spec-z column in the loss with --redshift observed (default 1: one column "
-                        "among the photometric ones)")
+                   help="weight of the spec-z column in the loss with --redshift observed (default 3, the weight "
+                        "of the nine photometric columns together; 1: one column among ten)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 10)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (and every 30 s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -77,8 +77,8 @@ class TrainConfig:
     selection_pull: float = 0.0
     entropy: float = 0.0  # weight of the -entropy term (maximum-entropy preference among equally good fits)
     entropy_samples: int = 1024
-    z_weight: float = 1.0  # weight of the observed-redshift column in the loss (``--redshift observed``)
-    ema: float = 0.0  # decay per step of the flow-weight average used for validation and results (0: off)
+    z_weight: float = 3.0  # weight of the observed-redshift column in the loss (``--redshift observed``)
+    ema: float = 0.98  # decay per step of the flow-weight average used for validation and results (0: off)
     obs_cap: int = 50000
     converge_factor: float = 1.5
     diverge_nonfinite: int = 25
@@ -249,10 +249,13 @@ class Featurizer:
     def fit(cls, flux, softening, colours=False, z=None, z_weight: float = 1.0) -> "Featurizer":
         """Standardise on ``flux`` (and ``z``); the redshift column is then multiplied by ``z_weight``.
 
-        Random projection directions give each of the d standardised columns ~1/d of the distance, so with
-        10 photometric columns the observed redshift would carry a tenth of it; ``z_weight`` > 1 makes the
-        fit match the catalog's redshift distribution (its tails set the low- and high-mass ends) as
-        closely as its colours."""
+        Random projection directions give each standardised column a share of the distance proportional to
+        its variance, so beside 9 photometric columns (5 magnitudes, 4 colours) an unweighted redshift
+        carries a tenth of it; ``z_weight`` = 3 gives it the variance of the photometric block together.
+        Measured on the recovery benchmark (``--redshift observed``): with weight 1 the fitted population's
+        2nd percentile of z was 0.03 against the catalog's 0.058 in every run, and that low-z excess made
+        the low-mass tail (log M* 8.9 vs 9.5 at the 2nd percentile); with 3, z W1/sd fell from 0.05 to
+        0.02 and the tail matched."""
         f = cls(softening, colours, z is not None, 0.0, 1.0)
         raw = f._raw_np(flux, z)
         f.mean = raw.mean(0)
