@@ -31,10 +31,11 @@ def test_speculator_activation_limits():
     assert torch.allclose(a(x), torch.where(x > 0, x, 0.2 * x))
 
 
-@pytest.mark.parametrize("zero_beta", [False, True])
-def test_inference_form_is_the_trained_network(zero_beta):
-    """β folded into the layers (and, with a β of 0, the unfolded fallback), rows selected and an affine
-    output map folded in: the same function as the training form, values and input gradients."""
+@pytest.mark.parametrize("degenerate", [None, "beta", "gamma"])
+def test_inference_form_is_the_trained_network(degenerate):
+    """β and (1 − γ) folded into the layers (and, with a β of 0 or a γ of 1, the unfolded fallback), rows
+    selected and an affine output map folded in: the same function as the training form, values and input
+    gradients."""
     from engine.emulator.network import InferenceMLP, SpeculatorMLP
 
     torch.manual_seed(0)
@@ -43,11 +44,14 @@ def test_inference_form_is_the_trained_network(zero_beta):
         for m in net.net:
             if isinstance(m, SpeculatorActivation):
                 m.beta.copy_(torch.randn(16) * 3)
-        if zero_beta:
+                m.gamma.copy_(torch.rand(16) * 1.4 - 0.8)
+        if degenerate == "beta":
             net.net[1].beta[3] = 0.0
+        elif degenerate == "gamma":
+            net.net[1].gamma[5] = 1.0
     rows, scale, shift = [7, 2, 9], torch.rand(10, dtype=torch.float64) + 0.5, torch.randn(10, dtype=torch.float64)
     inf = InferenceMLP(net, rows, scale, shift)
-    assert (inf.beta0 is not None) == zero_beta and inf.beta1 is None
+    assert (inf.c0 is None) == (degenerate is not None) and inf.c1 is not None
     x1 = torch.randn(200, 6, dtype=torch.float64, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
     ref = net(x1)[:, rows] * scale[rows] + shift[rows]
