@@ -20,7 +20,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--z-max", type=float, default=0.65)
-    t.add_argument("--hidden", default="64,64,64", help="hidden layer widths of the basis network")
+    t.add_argument("--hidden", default="48,48,48", help="hidden layer widths of the basis network")
     t.add_argument("--burst-hidden", default=None, help="hidden layer widths of the burst network (default: --hidden)")
     t.add_argument("--epochs", type=int, default=400,
                    help="epoch cap; with --max-minutes, training (and its learning-rate decay) ends at whichever comes first")

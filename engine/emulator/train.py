@@ -204,7 +204,7 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
 
 
 def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=None, z_max: float = DEFAULT_Z_MAX,
-                   hidden: Sequence[int] = (64, 64, 64), burst_hidden: Sequence[int] | None = None,
+                   hidden: Sequence[int] = (48, 48, 48), burst_hidden: Sequence[int] | None = None,
                    epochs: int = 400, batch: int = 512, max_minutes: float | None = None,
                    burst_share: float = 0.5, cosmology: str = "Planck18", progress: bool = True,
                    log: Callable[[str], None] | None = print, parallel: dict | None = None) -> TrainResult:

@@ -21,8 +21,8 @@ directions (cheap, and one metric for comparing members whatever the training lo
 validation state is kept.  With ``ema`` > 0 the flow's weights are also averaged over the steps (an
 exponential moving average, Polyak & Juditsky 1992), and validation, the best state and the results use the
 average: single Adam iterates jump around (validation losses scatter by tens of per cent from one
-validation to the next), so the best single iterate is partly a lucky draw, while the average is not.  The noise floor is the same distance between the validation and the training
-rows of the catalog.
+validation to the next), so the best single iterate is partly a lucky draw, while the average is not.
+The noise floor is the same distance between the validation and the training rows of the catalog.
 
 Rows of the observed catalog without a measurement (NaN) in any fitted band are not used (counted in the
 report): the loss compares complete rows only.  Observed rows failing the selection cuts are dropped
