@@ -206,6 +206,8 @@ def test_rows_are_independent_of_their_batch(emu):
         (f_i * torch.arange(1, 1 + f_i.shape[1])).sum().backward()
         assert torch.allclose(f_all[i], f_i[0], rtol=0, atol=1e-4), i
         assert torch.allclose(t_all.grad[i], t_i.grad[0], rtol=1e-4, atol=1e-5), i
+    # an empty batch (no galaxy selected): an empty result, from the emulator and the SPS alike
+    assert emu.fluxes(theta[:0]).shape == emu.sps.fluxes(theta[:0]).shape == (0, len(emu.bands))
 
 
 def test_exact_part_with_the_true_component_luminosities_is_the_sps(emu):

@@ -214,6 +214,8 @@ class NodePairHead(torch.nn.Module):
 
         Rows already in increasing k (as :meth:`Emulator.fluxes` orders them) are used in place; otherwise
         they are sorted here and the outputs put back in the input order."""
+        if k.shape[0] == 0:
+            return h.new_zeros((0, self.b_pair.shape[1]))
         counts = torch.bincount(k, minlength=self.n_z - 1).tolist()
         grouped = k.shape[0] < 2 or bool((k[1:] >= k[:-1]).all())
         hs = h if grouped else h.index_select(0, order := torch.argsort(k))

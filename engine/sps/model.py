@@ -263,6 +263,8 @@ class SPSModel:
     def fluxes(self, theta: torch.Tensor) -> torch.Tensor:
         """AB flux densities [nanomaggies], shape (N, n_bands); differentiable in θ."""
         theta = self._prep(theta)
+        if theta.shape[0] == 0:
+            return theta.new_zeros((0, len(self.bands)))
         return torch.cat([self._fluxes_chunk(t) for t in self._chunks(theta)], dim=0)
 
     def _fluxes_chunk(self, theta: torch.Tensor) -> torch.Tensor:
