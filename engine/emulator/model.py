@@ -66,7 +66,7 @@ from engine.errors import ModelFileError
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import bump_strength, tau_ism_at
-from engine.sps.model import DERIVED_NAMES, ln_flux_scale, metallicity_weights, resolve_device
+from engine.sps.model import DERIVED_NAMES, ln_flux_scale, metallicity_nodes, resolve_device
 from engine.sps.params import IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 
 FORMAT = "popsed-emulator"
@@ -144,7 +144,7 @@ def burst_sed_features(sed_table: torch.Tensor, k_z: torch.Tensor, a_z: torch.Te
 
     ``sed_table`` (n_Z, S, W): mean L_ν of each single-age SSP in each window; the four (metallicity, age)
     corners are mixed linearly, exactly as the SPS mixes the burst spectra (indices/weights from
-    :func:`engine.sps.model.metallicity_weights` and :func:`engine.sps.sfh.burst_interpolation`).
+    :func:`engine.sps.model.metallicity_nodes` and :func:`engine.sps.sfh.burst_interpolation`).
     """
     n_s = sed_table.shape[1]
     flat = sed_table.reshape(-1, sed_table.shape[2])
@@ -280,7 +280,7 @@ class Emulator:
     def component_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet) -> tuple[torch.Tensor, torch.Tensor]:
         """Emulated band luminosities per M☉ formed, for the selected bands: of the pure bases at the two
         metallicity nodes k, k+1 that bracket the galaxy's Z (N, 2, 4, B; k from
-        :func:`engine.sps.model.metallicity_weights`), and of the burst at the galaxy's metallicity (N, B);
+        :func:`engine.sps.model.metallicity_nodes`), and of the burst at the galaxy's metallicity (N, B);
         ``t_burst`` [Gyr] ≤ t_age(z) (see the module docstring)."""
         ln_basis, ln_burst = self.component_ln_luminosities(z, tau1, tau2, n_dust, t_burst, log_zmet)
         return torch.exp(ln_basis), torch.exp(ln_burst)
@@ -288,11 +288,11 @@ class Emulator:
     def component_ln_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet,
                                   nodes: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """ln of :meth:`component_luminosities` (what the networks output); ``nodes`` = (k_Z, a_Z, k_age, a_age)
-        of :func:`engine.sps.model.metallicity_weights` and :func:`engine.sps.sfh.burst_interpolation` when
+        of :func:`engine.sps.model.metallicity_nodes` and :func:`engine.sps.sfh.burst_interpolation` when
         the caller has them."""
         n = z.shape[0]
         if nodes is None:
-            nodes = (*metallicity_weights(log_zmet, self.zmet_grid)[:2],
+            nodes = (*metallicity_nodes(log_zmet, self.zmet_grid),
                      *sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages))
         k_z, a_z, k_b, a_b = nodes
         dust = self.inputs.dust(z, tau2, n_dust)
@@ -307,7 +307,7 @@ class Emulator:
         """AB flux densities [nanomaggies], shape (N, B); differentiable in θ."""
         theta = self._prep(theta)
         # rows in order of metallicity node, so the basis network's last layer works on contiguous blocks
-        k_z, a_z, _ = metallicity_weights(theta[:, IDX["log_zmet"]], self.zmet_grid)
+        k_z, a_z = metallicity_nodes(theta[:, IDX["log_zmet"]], self.zmet_grid)
         order = torch.argsort(k_z)
         theta, k_z, a_z = theta.index_select(0, order), k_z[order], a_z.index_select(0, order)
         c = {name: theta[:, i] for name, i in IDX.items()}

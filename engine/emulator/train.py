@@ -28,7 +28,7 @@ from engine.emulator.model import (CONSTANTS, H_CLIP, N_BASES, N_WINDOWS, SED_RA
                                    burst_sed_features)
 from engine.emulator.network import SpeculatorMLP
 from engine.sps import sfh as sfh_mod
-from engine.sps.model import metallicity_weights, resolve_device
+from engine.sps.model import metallicity_nodes, metallicity_weights, resolve_device
 from engine.sps.params import DEFAULT_Z_MAX, IDX, param_bounds
 
 
@@ -99,7 +99,7 @@ def network_inputs(inputs: ComponentInputs, theta: torch.Tensor, t_age_gyr: torc
     c = {k: theta[:, i] for k, i in IDX.items()}
     x_basis = inputs.basis(c["z"], c["tau1"], c["tau2"], c["n_dust"])
     t_b = training_burst_age(theta, t_age_gyr, z_max)
-    k_z, a_z, _ = metallicity_weights(c["log_zmet"], constants["zmet_grid"])
+    k_z, a_z = metallicity_nodes(c["log_zmet"], constants["zmet_grid"])
     k_b, a_b = sfh_mod.burst_interpolation(t_b, constants["ssp_log_ages"])
     sed = burst_sed_features(constants["sed_table"], k_z, a_z, k_b, a_b, constants["sed_mean"], constants["sed_std"])
     x_burst = inputs.burst(c["z"], c["tau2"], c["n_dust"], t_b, c["log_zmet"], sed)

@@ -47,17 +47,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def metallicity_weights(log_zmet: torch.Tensor, zmet_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Linear-in-Z interpolation between grid metallicities (as bagpipes).
-
-    Returns the lower node index k (N,), the weight a of node k+1 (N,) and the dense node weights (N, n_Z)
-    (zero except 1−a at k and a at k+1).  Metallicities beyond the grid are clamped to its ends.
-    """
+def metallicity_nodes(log_zmet: torch.Tensor, zmet_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear-in-Z interpolation between grid metallicities (as bagpipes): the lower node index k (N,) and
+    the weight a of node k+1 (N,), differentiable in ``log_zmet``.  Metallicities beyond the grid are
+    clamped to its ends."""
     n_z = zmet_grid.shape[0]
     zl = torch.pow(10.0, log_zmet).clamp(float(zmet_grid[0]), float(zmet_grid[-1]))
     k = (torch.searchsorted(zmet_grid, zl.detach().contiguous(), right=True) - 1).clamp(0, n_z - 2)
-    a = (zl - zmet_grid[k]) / (zmet_grid[k + 1] - zmet_grid[k])
-    w = torch.zeros(zl.shape[0], n_z, device=zl.device, dtype=zl.dtype)
+    return k, (zl - zmet_grid[k]) / (zmet_grid[k + 1] - zmet_grid[k])
+
+
+def metallicity_weights(log_zmet: torch.Tensor, zmet_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`metallicity_nodes` k and a, plus the dense node weights (N, n_Z) (zero except 1−a at k and a
+    at k+1)."""
+    k, a = metallicity_nodes(log_zmet, zmet_grid)
+    w = torch.zeros(a.shape[0], zmet_grid.shape[0], device=a.device, dtype=a.dtype)
     w = w.scatter_add(1, k.unsqueeze(1), (1.0 - a).unsqueeze(1))
     return k, a, w.scatter_add(1, (k + 1).unsqueeze(1), a.unsqueeze(1))
 
