@@ -29,7 +29,7 @@ from .run import (FORMAT_VERSION, History, Run, RunLock, atomic_torch_save, atom
                   check_overwritable, clear_run_files, is_run_dir, read_history, read_json, torch_load, truncate_events)
 from .selection import check_cuts, parse_selection
 from .stream import StreamOptions
-from .train import Observed, TrainConfig, Trainer, ensemble_report, prepare_observed
+from .train import Observed, TrainConfig, Trainer, _cpu_state, ensemble_report, prepare_observed
 
 FORWARD_KINDS = ("auto", "emulator", "sps")
 
@@ -625,7 +625,7 @@ def _save_checkpoint(out: Path, trainer: Trainer, ms) -> None:
 
 
 def _save_flow(out: Path, trainer: Trainer, ms, cfg: TrainConfig) -> None:
-    state = ms.best_flow if ms.best_flow else {k: v.detach().cpu() for k, v in ms.eval_flow.state_dict().items()}
+    state = ms.best_flow if ms.best_flow else _cpu_state(ms.eval_flow)
     atomic_torch_save(out / "flows" / f"member_{ms.member}.pt", {
         "format": "popsed-flow", "version": 1, "member": ms.member, "seed": ms.seed,
         "best_step": ms.best_step, "best_val_loss": float(ms.best_val), "status": ms.status,
