@@ -83,6 +83,19 @@ def test_node_pair_head_is_the_full_layer_at_the_two_bracketing_nodes():
     assert torch.allclose(h2.grad, h1.grad, rtol=0, atol=1e-12)
 
 
+def test_weighted_exp_sum_values_and_gradients():
+    """The hand-written backward of the light combination Σ_k w exp(ln L) against finite differences, and its
+    value against the plain expression; an empty batch gives an empty result."""
+    from engine.emulator.model import weighted_exp_sum
+
+    torch.manual_seed(2)
+    ln_l = torch.randn(9, 8, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(9, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(weighted_exp_sum(ln_l, w), (w.unsqueeze(2) * ln_l.exp()).sum(1), rtol=1e-14, atol=0)
+    assert torch.autograd.gradcheck(weighted_exp_sum, (ln_l, w))
+    assert weighted_exp_sum(ln_l[:0], w[:0]).shape == (0, 3)
+
+
 def test_shipped_emulator_reproduces_the_sps(emu):
     theta = uniform_theta(emu, 3000, seed=321)
     with torch.no_grad():

@@ -46,14 +46,35 @@ class SpeculatorMLP(nn.Module):
         return self.net(x)
 
 
+class _FoldedLayer(torch.autograd.Function):
+    """y = silu(t) + c ⊙ t with t = h Wᵀ + b: one hidden layer of :class:`InferenceMLP`, with a hand-written
+    backward (∂y/∂t = silu'(t) + c, fused as ``silu_backward`` + one in-place ``addcmul_``; then ∂/∂h = g W).
+
+    Autograd's own graph for the same three ops keeps two gradient buffers for t and adds them, an extra
+    pass over the largest tensors of the emulator.  W, b and c are constants (buffers): no gradient."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        t = torch.addmm(b, h, w.t())
+        y = torch.nn.functional.silu(t).addcmul_(t, c)
+        ctx.save_for_backward(t, w, c)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        t, w, c = ctx.saved_tensors
+        g_t = torch.ops.aten.silu_backward(g, t).addcmul_(g, c)
+        return g_t.mm(w) if ctx.needs_input_grad[0] else None, None, None, None
+
+
 class InferenceMLP(nn.Module):
     """A trained :class:`SpeculatorMLP` in evaluation form: the same function, fewer passes over memory.
 
     With t = β ⊙ x the activation is a(x) = [γ + (1 − γ) σ(βx)] x = (1 − γ)/β ⊙ [silu(t) + c ⊙ t] with
     c = γ / (1 − γ).  So β of hidden layer i is folded into layer i's weights and bias (it outputs t
     directly), (1 − γ)/β into the columns of layer i+1's weights, and what is left per unit is
-    silu(t) + c t: two native passes forward (silu has a fused backward) and three backward, instead of
-    the training form's four and about six.  A layer with any |β| or |1 − γ| ≤ ``FOLD_MIN`` is not
+    silu(t) + c t: two native passes forward and two backward (:class:`_FoldedLayer`: silu's fused backward
+    and one in-place multiply-add), instead of the training form's four and about six.  A layer with any |β| or |1 − γ| ≤ ``FOLD_MIN`` is not
     folded (the factors would be ill-conditioned) and keeps the training form.  The last layer keeps
     only the output ``rows`` and includes an affine map ``scale · y + shift`` of them.  All folding is done
     in float64; the parameters are buffers (no gradients: θ is what is differentiated).
@@ -110,11 +131,11 @@ class InferenceMLP(nn.Module):
         """Output of the last hidden layer (N, H), up to the per-unit factor folded into the next layer."""
         h = x
         for i in range(self.n_hidden):
-            t = torch.addmm(getattr(self, f"b{i}"), h, getattr(self, f"w{i}").t())
             c = getattr(self, f"c{i}")
             if c is not None:
-                h = torch.addcmul(torch.nn.functional.silu(t), c, t)
+                h = _FoldedLayer.apply(h, getattr(self, f"w{i}"), getattr(self, f"b{i}"), c)
             else:  # the training form
+                t = torch.addmm(getattr(self, f"b{i}"), h, getattr(self, f"w{i}").t())
                 g = getattr(self, f"g{i}")
                 h = t * torch.addcmul(g, 1.0 - g, torch.sigmoid(getattr(self, f"beta{i}") * t))
         return h
