@@ -56,6 +56,12 @@ class CosmologyTable:
         """Age of the Universe [Gyr] on :attr:`z_grid`, float64 (for tabulating other functions of z)."""
         return self._age_gyr_grid
 
+    @property
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """t_age [Gyr] and D_L [Mpc] (floored) on :attr:`z_grid`, as interpolated by :meth:`age_gyr` and
+        :meth:`luminosity_distance_mpc`."""
+        return self._age, self._dl
+
     def interp(self, table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Linear interpolation in z (N,) of ``table`` (n, ...) tabulated on :attr:`z_grid`: (N, ...).
 

@@ -87,7 +87,12 @@ def burst_survival(t_burst: torch.Tensor, ssp_log_ages: torch.Tensor, ssp_live: 
 def ln_flux_scale(z: torch.Tensor, cosmo: CosmologyTable) -> torch.Tensor:
     """ln of the factor turning a band luminosity per M☉ formed (1e20 erg/s/Hz, averaged over the band's
     response in ln λ) into nanomaggies per M☉ formed at redshift z: (1 + z) / (4π D_L²) and unit constants."""
-    return torch.log1p(z) - 2.0 * torch.log(cosmo.luminosity_distance_mpc(z)) + _LN_FLUX_CONST
+    return ln_flux_scale_at(z, cosmo.luminosity_distance_mpc(z))
+
+
+def ln_flux_scale_at(z: torch.Tensor, d_l_mpc: torch.Tensor) -> torch.Tensor:
+    """:func:`ln_flux_scale` from the luminosity distance D_L [Mpc] at z, when the caller has it."""
+    return torch.log1p(z) - 2.0 * torch.log(d_l_mpc) + _LN_FLUX_CONST
 
 
 class SPSModel:
