@@ -21,7 +21,7 @@
 5. wall time per member (target <= 10 min on 2 CPU cores).
 
     python bench/recovery.py [--workdir DIR] [--n 10000] [--seed 7] [--members 2] [--steps 1000]
-                             [--batch 4096] [--forward auto] [--device auto] [--redshift free]
+                             [--batch 4096] [--forward auto] [--device auto] [--redshift free] [--bands B1,...]
                              [--option KEY=VALUE ...] [--json]
 """
 from __future__ import annotations
@@ -138,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--fit-seed", type=int, default=0)
     ap.add_argument("--redshift", choices=("free", "observed"), default="free")
+    ap.add_argument("--bands", default="sdss2010-u,sdss2010-g,sdss2010-r,sdss2010-i,sdss2010-z",
+                    help="bands of the mock catalog (and so of the fit); default SDSS ugriz, the benchmark's")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a further TrainConfig field for the fit, e.g. entropy=0.001 (repeatable)")
     ap.add_argument("--reuse", action="store_true", help="reuse an existing mock and run in --workdir")
@@ -148,10 +150,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     independent = work / "mock_independent"
     if not (a.reuse and (mock / "catalog.ecsv").exists()):
-        popsed("mock", mock, "--n", a.n, "--seed", a.seed, "--mag-limit", "sdss2010-r:19.8")
+        popsed("mock", mock, "--n", a.n, "--seed", a.seed, "--mag-limit", "sdss2010-r:19.8", "--bands", a.bands)
     t_mock = time.time() - t0
     if not (a.reuse and (independent / "catalog.ecsv").exists()):
-        popsed("mock", independent, "--n", a.n, "--seed", a.seed + 1000, "--mag-limit", "sdss2010-r:19.8")
+        popsed("mock", independent, "--n", a.n, "--seed", a.seed + 1000, "--mag-limit", "sdss2010-r:19.8",
+               "--bands", a.bands)
     if not (a.reuse and (run_dir / "summary.json").exists()):
         opts = dict(kv.split("=", 1) for kv in a.option)
         opts = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in opts.items()}

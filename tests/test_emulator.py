@@ -249,6 +249,7 @@ def test_rows_are_independent_of_their_batch(emu):
         assert torch.allclose(t_all.grad[i], t_i.grad[0], rtol=1e-4, atol=1e-5), i
     # an empty batch (no galaxy selected): an empty result, from the emulator and the SPS alike
     assert emu.fluxes(theta[:0]).shape == emu.sps.fluxes(theta[:0]).shape == (0, len(emu.bands))
+    assert all(v.shape == (0,) for v in emu.derived(theta[:0]).values())
 
 
 def test_exact_part_with_the_true_component_luminosities_is_the_sps(emu):

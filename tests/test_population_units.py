@@ -293,4 +293,5 @@ def test_ensemble_report():
             {"member": 4, "status": "diverged", "best_val_loss": 0.09}]
     rep = ensemble_report(rows, 1.5, 0.08)
     assert rep["converged"] == [0, 1] and rep["dropped"] == [2, 3, 4]
-    assert all("note" in m for m in rep["members"] if m["status"] == "diverged")
+    assert [m["status"] for m in rep["members"]] == ["converged", "converged", "not_converged", "diverged", "diverged"]
+    assert all("note" in m for m in rep["members"] if m["status"] != "converged")

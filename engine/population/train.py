@@ -710,7 +710,10 @@ class Trainer:
 
 def ensemble_report(members: list[dict], converge_factor: float, noise_floor: float) -> dict:
     """Decide which members converged: finite best validation loss at most ``converge_factor`` times the
-    best member's, and not flagged as diverged during training (non-finite losses)."""
+    best member's, and not flagged as diverged during training (non-finite losses).
+
+    Status per member: ``converged``; ``not_converged`` (finite, but above the threshold); ``diverged``
+    (non-finite losses, or no finite validation loss).  Only ``converged`` members are kept."""
     vals = [m["best_val_loss"] for m in members if m.get("best_val_loss") is not None and m.get("status") != "diverged"]
     best = min(vals) if vals else None
     out = []
@@ -727,6 +730,7 @@ def ensemble_report(members: list[dict], converge_factor: float, noise_floor: fl
             if v <= thr:
                 st = "converged"
             else:
+                st = "not_converged"
                 note = f"best validation loss {v:.4g} > {thr:.4g} (ensemble best {best:.4g}, noise floor {noise_floor:.4g})"
         r = dict(m)
         r["status"] = st

@@ -405,6 +405,8 @@ class SPSModel:
         formed mass [M☉]; ``mwage_gyr``: formed-mass-weighted mean lookback time of formation [Gyr].
         """
         theta = self._prep(theta)
+        if theta.shape[0] == 0:
+            return {k: theta.new_zeros(0) for k in DERIVED_NAMES}
         parts = [self._derived_chunk(t) for t in self._chunks(theta)]
         return {k: torch.cat([p[k] for p in parts]) for k in DERIVED_NAMES}
 
