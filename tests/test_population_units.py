@@ -78,6 +78,34 @@ def test_flow_sampling_is_reproducible_and_differentiable():
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
 
 
+def test_fast_lu_linear_is_nflows_lu_linear():
+    """Same state dict, same map both ways (inverse through W⁻¹ instead of triangular solves), gradients
+    included, and no deprecated torch.triangular_solve on the sampling path."""
+    import warnings
+
+    from nflows.transforms import LULinear
+
+    from engine.population.flow import FastLULinear
+
+    torch.manual_seed(3)
+    ref = LULinear(11, identity_init=False).double()
+    fast = FastLULinear(11, identity_init=False).double()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(500, 11, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, ld = fast.inverse(x)
+    y_ref, ld_ref = ref.inverse(x)
+    assert torch.allclose(y, y_ref, atol=1e-10) and torch.allclose(ld, ld_ref, atol=1e-12)
+    assert torch.allclose(fast.forward(y)[0], x, atol=1e-10)
+    assert torch.allclose(fast.weight_inverse() @ fast.weight(), torch.eye(11, dtype=torch.float64), atol=1e-10)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad((y * g).sum(), list(fast.parameters()))
+    grads_ref = torch.autograd.grad((y_ref * g).sum(), list(ref.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, grads_ref))
+    assert isinstance(PopulationFlow(SPS_BOUNDS).transform._transforms[1], FastLULinear)
+
+
 def test_reference_flow_config():
     from engine.population.flow import REFERENCE_FLOW, build_reference_transform
     from nflows import transforms
