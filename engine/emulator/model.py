@@ -41,15 +41,15 @@ because the direct SPS is itself a few dense matrix products per galaxy (~2·10�
 cost of that MLP.  Here the networks learn 4-d functions instead of an 11-d one, which makes them both
 smaller and more accurate: the shipped file (3 × 48 hidden units each, 300k SPS rows, 38 min of training)
 reaches median |Δmag| 0.0006–0.0034 (ugriz) and 0.007–0.008 (GALEX), 99th percentiles ≤ 0.019 and ≤ 0.040,
-at 10–11.5× the direct SPS's throughput (forward + backward, batch 10⁴, two threads; 11.6–12.5× on one).  Networks of
-3 × 64 units were ~1.5× more accurate and 25 % slower, 3 × 128 no more accurate than 3 × 64 and half as fast.
+at 10–11.5× the direct SPS's throughput (forward + backward, batch 10⁴, two threads; 11.6–12.5× on one).
+Networks of 3 × 64 units were ~1.5× more accurate and 25 % slower, 3 × 128 no more accurate than 3 × 64 and half as fast.
 Evaluation uses the networks' folded :class:`~engine.emulator.network.InferenceMLP` form, the basis network's
 last layer only at the two metallicity nodes that matter (:class:`NodePairHead`), hand-written backward passes
 where autograd's own made extra passes over the largest tensors (hidden layers, node-pair head, the light
 combination :func:`weighted_exp_sum`), one interpolation of a table for everything that depends on z alone
-(:func:`redshift_table`), and :func:`engine.runtime.tune_cpu_allocator`.  A rest-frame PCA spectral emulator was not adopted: it would
-still have to redshift and integrate ~650 wavelength bins per galaxy, the same work as the direct SPS's
-photometry.
+(:func:`redshift_table`), and :func:`engine.runtime.tune_cpu_allocator`.  A rest-frame PCA spectral emulator
+was not adopted: it would still have to redshift and integrate ~650 wavelength bins per galaxy, the same work
+as the direct SPS's photometry.
 
 Files: one ``torch.save`` dict of tensors, numbers and strings (both networks' state dicts and
 normalisations, the SSP constants needed by the exact part, and metadata: bands, parameter names and
@@ -117,7 +117,7 @@ class ComponentInputs:
     """
 
     def __init__(self, z_max: float, lambda_eff: Sequence[float], device=None, dtype=torch.float32):
-        self.b = b = param_bounds(z_max)
+        b = param_bounds(z_max)
         self.leff = torch.as_tensor(list(lambda_eff), device=device, dtype=dtype)
         lt = (math.log10(b["t_burst"][0]), math.log10(b["t_burst"][1]))
         eb = (0.0, _EB_MAX)
