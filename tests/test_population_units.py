@@ -313,6 +313,16 @@ def test_schedules():
     assert len(set(TrainConfig(members=3, seed=1).member_seeds())) == 3
 
 
+def test_optical_only_note():
+    from engine.population.api import optical_only_note
+
+    ugriz = ["sdss2010-u", "sdss2010-g", "sdss2010-r", "sdss2010-i", "sdss2010-z"]
+    note = optical_only_note(ugriz)
+    assert note and "bluest 3589 A" in note and "tau2" in note
+    assert optical_only_note(ugriz + ["galex-nuv"]) is None
+    assert optical_only_note(["toy-r", "toy-g"]) is None and optical_only_note([]) is None
+
+
 def test_ensemble_report():
     rows = [{"member": 0, "status": "converged", "best_val_loss": 0.10},
             {"member": 1, "status": "converged", "best_val_loss": 0.12},

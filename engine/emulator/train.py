@@ -32,11 +32,6 @@ from engine.sps.model import metallicity_nodes, metallicity_weights, resolve_dev
 from engine.sps.params import DEFAULT_Z_MAX, IDX, param_bounds
 
 
-def effective_wavelength(f) -> float:
-    """Pivot-like effective wavelength sqrt(∫λR dλ / ∫R/λ dλ) [Å] of a filter."""
-    return float(np.sqrt(np.trapezoid(f.response * f.wave, f.wave) / np.trapezoid(f.response / f.wave, f.wave)))
-
-
 def uniform_theta(bounds: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """θ uniform over the box ``bounds`` (D, 2), float64 on the CPU."""
     b = bounds.detach().cpu().double()
@@ -225,7 +220,7 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
     t_gen = time.perf_counter() - t0
     if log:
         log(f"training set: {n_train} rows from the SPS in {t_gen:.0f} s")
-    lam = [effective_wavelength(f) for f in sps.filters]
+    lam = [f.effective_wavelength for f in sps.filters]
     n_b, n_z = len(sps.bands), sps.n_z
     n_basis = n_z * N_BASES * n_b
     inputs = ComponentInputs(z_max, lam, dtype=torch.float64)

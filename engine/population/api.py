@@ -684,6 +684,28 @@ def _write_preview(out: Path, previews: dict, bands) -> None:
     atomic_write_parquet(out / "preview.parquet", {k: np.concatenate(v) for k, v in cols.items()})
 
 
+#: Bluest effective wavelength [Å] above which a fit's bands see no ultraviolet (SDSS u: 3590 Å).
+UV_EDGE_AA = 3000.0
+
+
+def optical_only_note(bands) -> str | None:
+    """A note for fits whose bands are all redder than :data:`UV_EDGE_AA`: there, grey dust (n_dust near 1,
+    a flat attenuation curve across the optical) trades ``tau2`` against ``log_mstar`` without changing any
+    colour, and the population keeps the initial flow's spread along that direction (README, "What optical
+    photometry cannot tell apart").  ``None`` when a band is bluer, or a band is not a known filter."""
+    from engine.sps.photometry import load_filter
+
+    try:
+        lam = [load_filter(b).effective_wavelength for b in bands]
+    except ValueError:  # e.g. the toy model's bands
+        return None
+    if not lam or min(lam) <= UV_EDGE_AA:
+        return None
+    return (f"no band bluer than {UV_EDGE_AA:.0f} A (bluest {min(lam):.0f} A): for grey dust (n_dust near 1) "
+            "these bands cannot tell tau2 from log_mstar, and the population keeps the initial flow's spread "
+            "along that direction; UV bands (e.g. GALEX FUV/NUV) constrain it")
+
+
 def _summary(cfg, cfg_json, rep, pop, trainer, param_names, columns) -> dict:
     pct = {}
     if pop:
@@ -696,6 +718,9 @@ def _summary(cfg, cfg_json, rep, pop, trainer, param_names, columns) -> dict:
     notes = []
     if rep["dropped"]:
         notes.append(f"members {rep['dropped']} did not converge and are not in population.parquet")
+    optical = optical_only_note(cfg_json.get("bands", []))
+    if optical:
+        notes.append(optical)
     return {
         "format_version": FORMAT_VERSION,
         "status": "complete",

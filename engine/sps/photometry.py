@@ -49,6 +49,12 @@ class Filter:
     response: np.ndarray
 
     @property
+    def effective_wavelength(self) -> float:
+        """Pivot-like effective wavelength sqrt(∫λR dλ / ∫R/λ dλ) [Å]."""
+        w, r = self.wave, self.response
+        return float(np.sqrt(np.trapezoid(r * w, w) / np.trapezoid(r / w, w)))
+
+    @property
     def support(self) -> tuple[float, float]:
         """Wavelength range [Å] where the response is non-zero."""
         nz = np.nonzero(self.response > 0)[0]
