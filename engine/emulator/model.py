@@ -41,7 +41,7 @@ because the direct SPS is itself a few dense matrix products per galaxy (~2·10�
 cost of that MLP.  Here the networks learn 4-d functions instead of an 11-d one, which makes them both
 smaller and more accurate: the shipped file (3 × 48 hidden units each, 300k SPS rows, 38 min of training)
 reaches median |Δmag| 0.0006–0.0034 (ugriz) and 0.007–0.008 (GALEX), 99th percentiles ≤ 0.019 and ≤ 0.040,
-at 10–11.5× the direct SPS's throughput (forward + backward, batch 10⁴, two threads; 11.6–12.5× on one).
+at ~11× the direct SPS's throughput (forward + backward, batch 10⁴, two threads, median of 26 runs; 11.6–12.5× on one).
 Networks of 3 × 64 units were ~1.5× more accurate and 25 % slower, 3 × 128 no more accurate than 3 × 64 and half as fast.
 Evaluation uses the networks' folded :class:`~engine.emulator.network.InferenceMLP` form, the basis network's
 last layer only at the two metallicity nodes that matter (:class:`NodePairHead`), hand-written backward passes
