@@ -74,8 +74,9 @@ class InferenceMLP(nn.Module):
     c = γ / (1 − γ).  So β of hidden layer i is folded into layer i's weights and bias (it outputs t
     directly), (1 − γ)/β into the columns of layer i+1's weights, and what is left per unit is
     silu(t) + c t: two native passes forward and two backward (:class:`_FoldedLayer`: silu's fused backward
-    and one in-place multiply-add), instead of the training form's four and about six.  A layer with any |β| or |1 − γ| ≤ ``FOLD_MIN`` is not
-    folded (the factors would be ill-conditioned) and keeps the training form.  The last layer keeps
+    and one in-place multiply-add), instead of the training form's four and about six.  A layer with any
+    |β| or |1 − γ| ≤ ``FOLD_MIN`` is not folded (the factors would be ill-conditioned) and keeps the
+    training form.  The last layer keeps
     only the output ``rows`` and includes an affine map ``scale · y + shift`` of them.  All folding is done
     in float64; the parameters are buffers (no gradients: θ is what is differentiated).
 
