@@ -61,13 +61,14 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from engine.emulator.network import InferenceMLP, SpeculatorMLP
 from engine.errors import ModelFileError
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
-from engine.sps.dust import LAMBDA_V, R_V_CALZETTI, bump_strength, calzetti_k, drude_profile, tau_ism_at
+from engine.sps.dust import DustCurves, bump_strength, tau_ism_at, tau_ism_from_factors
 from engine.sps.model import DERIVED_NAMES, ln_flux_scale_at, metallicity_nodes, resolve_device
 from engine.sps.params import IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 
@@ -160,11 +161,10 @@ def redshift_table(cosmo: CosmologyTable, lambda_eff: Sequence[float]) -> torch.
     a tenth of the emulator's time.  τ_ISM = τ2 (k/R_V + E_b(n) drude/R_V) exp(n ln(λ/λ_V)); its linear
     interpolation on the 2049-point grid is within 2e-6 of the direct formula in log(1 + τ) (test), except
     within one grid cell of Calzetti's branch points, where the published curve has a small jump (≤ 3e-3)."""
-    z = torch.as_tensor(cosmo.z_grid, dtype=torch.float64)
-    lam = torch.as_tensor(list(lambda_eff), dtype=torch.float64).unsqueeze(0) / (1.0 + z).unsqueeze(1)
+    lam = np.asarray(lambda_eff, dtype=np.float64)[None, :] / (1.0 + cosmo.z_grid[:, None])
+    curves = DustCurves(lam, torch.device("cpu"), torch.float64)  # the SPS's tabulated factors, on an (n, B) grid
     age, d_l = (t.detach().cpu().double().unsqueeze(1) for t in cosmo.tables)
-    cols = [age, d_l, calzetti_k(lam) / R_V_CALZETTI, drude_profile(lam) / R_V_CALZETTI, torch.log(lam / LAMBDA_V)]
-    return torch.cat(cols, 1)
+    return torch.cat([age, d_l, curves.k_over_rv, curves.drude_over_rv, curves.ln_ratio], 1)
 
 
 def burst_sed_features(sed_table: torch.Tensor, k_z: torch.Tensor, a_z: torch.Tensor, k_b: torch.Tensor,
@@ -392,8 +392,7 @@ class Emulator:
     def _dust_columns(self, zt: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor) -> torch.Tensor:
         """:meth:`ComponentInputs.dust` from the rows ``zt`` of :func:`redshift_table` interpolated at each galaxy's z."""
         k_rv, drude_rv, ln_lam = zt[:, 2:].view(zt.shape[0], 3, (zt.shape[1] - 2) // 3).unbind(1)
-        shape = torch.addcmul(k_rv, bump_strength(n_dust).unsqueeze(1), drude_rv)
-        return dust_columns(tau2.unsqueeze(1) * shape * torch.exp(n_dust.unsqueeze(1) * ln_lam))
+        return dust_columns(tau_ism_from_factors(tau2.unsqueeze(1), n_dust.unsqueeze(1), k_rv, drude_rv, ln_lam))
 
     # ---------------------------------------------------------------- public API (as SPSModel)
     def fluxes(self, theta: torch.Tensor) -> torch.Tensor:

@@ -66,11 +66,7 @@ class FastLULinear(transforms.LULinear):
     and state dict as :class:`nflows.transforms.LULinear` (so runs saved with either load in both)."""
 
     def inverse_no_cache(self, inputs: torch.Tensor):
-        lower, upper = self._create_lower_upper()
-        eye = torch.eye(self.features, device=inputs.device, dtype=inputs.dtype)
-        w_inv = torch.linalg.solve_triangular(
-            upper, torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True), upper=True)
-        outputs = nn.functional.linear(inputs - self.bias, w_inv)
+        outputs = nn.functional.linear(inputs - self.bias, self.weight_inverse())
         return outputs, -self.logabsdet() * inputs.new_ones(outputs.shape[0])
 
     def weight_inverse(self) -> torch.Tensor:

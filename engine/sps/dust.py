@@ -71,11 +71,19 @@ def tau_ism_at(wave_aa: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor, 
     All arguments broadcast against each other; the formula is that of the module docstring and
     of :meth:`DustCurves.tau_ism` (which tabulates it on a fixed grid).
     """
-    shape = calzetti_k(wave_aa)
-    if uv_bump:
-        shape = shape + bump_strength(n_dust) * drude_profile(wave_aa)
-    # exp(n ln(λ/λ_V)) rather than a tensor power: its backward reuses the logarithm
-    return tau2 * shape / R_V_CALZETTI * torch.exp(n_dust * torch.log(wave_aa / LAMBDA_V))
+    return tau_ism_from_factors(tau2, n_dust, calzetti_k(wave_aa) / R_V_CALZETTI,
+                                drude_profile(wave_aa) / R_V_CALZETTI, torch.log(wave_aa / LAMBDA_V), uv_bump)
+
+
+def tau_ism_from_factors(tau2: torch.Tensor, n_dust: torch.Tensor, k_over_rv: torch.Tensor, drude_over_rv: torch.Tensor,
+                         ln_ratio: torch.Tensor, uv_bump: bool = True) -> torch.Tensor:
+    """τ_ISM = τ2 [k(λ)/R_V + E_b(n) D(λ)/R_V] exp(n ln(λ/λ_V)) from the curve's factors at λ (module docstring).
+
+    The one formula behind :func:`tau_ism_at` (factors at arbitrary wavelengths), :meth:`DustCurves.tau_ism`
+    (factors on a fixed grid) and the emulator (factors interpolated in z); all arguments broadcast.
+    exp(n ln(λ/λ_V)) rather than a tensor power: its backward reuses the logarithm."""
+    shape = torch.addcmul(k_over_rv, bump_strength(n_dust), drude_over_rv) if uv_bump else k_over_rv
+    return tau2 * shape * torch.exp(n_dust * ln_ratio)
 
 
 def bump_strength(n_dust: torch.Tensor) -> torch.Tensor:
@@ -102,10 +110,8 @@ class DustCurves:
 
     def tau_ism(self, tau2: torch.Tensor, n_dust: torch.Tensor) -> torch.Tensor:
         """Diffuse optical depth τ_ISM(λ), shape (N, L)."""
-        shape = self.k_over_rv.unsqueeze(0)
-        if self.uv_bump:
-            shape = shape + bump_strength(n_dust).unsqueeze(1) * self.drude_over_rv.unsqueeze(0)
-        return tau2.unsqueeze(1) * shape * torch.exp(n_dust.unsqueeze(1) * self.ln_ratio.unsqueeze(0))
+        return tau_ism_from_factors(tau2.unsqueeze(1), n_dust.unsqueeze(1), self.k_over_rv, self.drude_over_rv,
+                                    self.ln_ratio, self.uv_bump)
 
     def tau_birth_cloud(self, tau1: torch.Tensor) -> torch.Tensor:
         """Birth-cloud optical depth τ_BC(λ) = τ₁ (λ/5500 Å)^−1, shape (N, L)."""
