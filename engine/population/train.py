@@ -46,6 +46,10 @@ from .noise import NoiseModel, asinh_mag, pogson_mag
 from .selection import Cut, check_cuts, selection_mask
 
 
+# the value of a TrainConfig field for runs written before that field existed
+LEGACY = {"whiten": 0.0}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines training (stored in ``config.json``)."""
@@ -70,6 +74,7 @@ class TrainConfig:
     val_every: int = 10
     val_draw_factor: float = 2.0
     colours: bool = True
+    whiten: float = 0.0  # power of the whitening of the photometric features (0 off, 1 full; Featurizer.fit)
     redshift: str = "free"  # free | observed
     max_draw_factor: float = 8.0
     soft_selection: bool = True
@@ -101,6 +106,9 @@ class TrainConfig:
             raise PopsedError(f"ema must be in [0, 1), got {self.ema}")
         if not self.z_weight > 0:
             raise PopsedError(f"z_weight must be > 0, got {self.z_weight}")
+        self.whiten = float(self.whiten)
+        if not 0.0 <= self.whiten <= 1.0:
+            raise PopsedError(f"whiten must be in [0, 1] (0: off, 1: full whitening), got {self.whiten}")
         if self.noise_shape not in ("linear", "reference"):
             raise PopsedError(f"unknown noise ramp shape {self.noise_shape!r}")
 
@@ -111,7 +119,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """From ``config.json``'s ``train``; a config written before a field existed keeps the behaviour it
+        was trained with (``LEGACY``), not today's default."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**{k: v for k, v in LEGACY.items() if k not in known}, **known})
 
     def member_seeds(self) -> list[int]:
         ss = np.random.SeedSequence(int(self.seed)).spawn(self.members)
@@ -220,12 +231,14 @@ def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None 
 class Featurizer:
     """Standardised photometric features: asinh magnitudes [+ adjacent colours] [+ redshift]."""
 
-    def __init__(self, softening, colours: bool, use_z: bool, mean, std):
+    def __init__(self, softening, colours: bool, use_z: bool, mean, std, whiten=None):
         self.softening = np.asarray(softening, dtype=np.float64)
         self.colours = bool(colours)
         self.use_z = bool(use_z)
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
+        # (P, P) map applied to the standardised photometric columns (not the redshift), or None
+        self.whiten = None if whiten is None else np.asarray(whiten, dtype=np.float64)
         self._t: dict = {}
 
     def names(self, bands) -> list[str]:
@@ -246,8 +259,10 @@ class Featurizer:
         return np.concatenate(cols, axis=1)
 
     @classmethod
-    def fit(cls, flux, softening, colours=False, z=None, z_weight: float = 1.0) -> "Featurizer":
+    def fit(cls, flux, softening, colours=False, z=None, z_weight: float = 1.0, whiten: float = 0.0) -> "Featurizer":
         """Standardise on ``flux`` (and ``z``); the redshift column is then multiplied by ``z_weight``.
+        With ``whiten`` > 0 the photometric columns are also decorrelated, ``whiten`` being the power of
+        :func:`whitening_matrix` (1: full whitening).
 
         Random projection directions give each standardised column a share of the distance proportional to
         its variance, so beside 9 photometric columns (5 magnitudes, 4 colours) an unweighted redshift
@@ -262,10 +277,20 @@ class Featurizer:
         f.std = np.maximum(raw.std(0), 1e-6)
         if z is not None:
             f.std[-1] /= z_weight
+        if whiten:
+            f.whiten = whitening_matrix(((raw - f.mean) / f.std)[:, : f.n_phot(raw.shape[1])], float(whiten))
         return f
 
+    def n_phot(self, n_columns: int) -> int:
+        """Number of photometric columns (all but the redshift)."""
+        return n_columns - 1 if self.use_z else n_columns
+
     def numpy(self, flux, z=None) -> np.ndarray:
-        return (self._raw_np(flux, z) - self.mean) / self.std
+        x = (self._raw_np(flux, z) - self.mean) / self.std
+        if self.whiten is not None:
+            p = self.whiten.shape[0]
+            x = np.concatenate([x[:, :p] @ self.whiten, x[:, p:]], axis=1)
+        return x
 
     def __call__(self, flux: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         key = (str(flux.device), flux.dtype)
@@ -278,7 +303,14 @@ class Featurizer:
             cols.append(m[:, :-1] - m[:, 1:])
         if self.use_z:
             cols.append(z[:, None])
-        return (torch.cat(cols, dim=1) - mu) / sd
+        x = (torch.cat(cols, dim=1) - mu) / sd
+        if self.whiten is not None:
+            wkey = ("whiten",) + key
+            if wkey not in self._t:
+                self._t[wkey] = torch.tensor(self.whiten, device=flux.device, dtype=flux.dtype)
+            w = self._t[wkey]
+            x = torch.cat([x[:, : w.shape[0]] @ w, x[:, w.shape[0]:]], dim=1)
+        return x
 
     def _t_soft(self, like: torch.Tensor) -> torch.Tensor:
         key = ("soft", str(like.device), like.dtype)
@@ -288,7 +320,28 @@ class Featurizer:
 
     def to_dict(self) -> dict:
         return {"softening": self.softening.tolist(), "colours": self.colours, "use_z": self.use_z,
-                "mean": self.mean.tolist(), "std": self.std.tolist()}
+                "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "whiten": None if self.whiten is None else self.whiten.tolist()}
+
+
+def whitening_matrix(x: np.ndarray, power: float = 1.0, rel_tol: float = 1e-9) -> np.ndarray:
+    """Symmetric (ZCA) whitening map of the columns of ``x`` (N, P), ``C^(-power/2)``, scaled to a total
+    variance of P (that of standardised columns, which is what the Featurizer passes).
+
+    With ``C = V diag(lam) V^T`` the covariance of ``x``, ``x @ W`` has covariance proportional to
+    ``V diag(lam^(1 - power)) V^T``: ``power`` = 1 weighs every independent direction alike (full whitening),
+    0 leaves the columns as they are, 0.5 takes the square root of their variances.  Directions below
+    ``rel_tol`` of the largest eigenvalue are dropped (colours are differences of the magnitudes, so with
+    ``colours`` the 9 ugriz columns have rank 5).  Why: random projections of standardised but correlated
+    columns give the common brightness direction of the five magnitudes most of the distance, and the colour
+    directions, where dust, age and metallicity show, little (Kessy, Lewin & Strimmer 2018 for the ZCA form)."""
+    x = np.asarray(x, dtype=np.float64)
+    c = np.cov(x, rowvar=False)
+    lam, v = np.linalg.eigh(np.atleast_2d(c))
+    keep = lam > rel_tol * max(float(lam.max()), 1e-300)
+    lam, vk = lam[keep], v[:, keep]
+    w = (vk * lam ** (-0.5 * power)) @ vk.T
+    return w * math.sqrt(x.shape[1] / float(np.sum(lam ** (1.0 - power))))
 
 
 # ---------------------------------------------------------------------------------------------- members
@@ -354,7 +407,8 @@ class Trainer:
         self.bounds = torch.as_tensor(model.bounds, dtype=torch.float32).detach().cpu()
         tr, va = observed.train, observed.val
         z_tr = observed.z_spec[tr] if self.use_z else None
-        self.feat = Featurizer.fit(observed.flux[tr], self.noise.softening, cfg.colours, z_tr, cfg.z_weight)
+        self.feat = Featurizer.fit(observed.flux[tr], self.noise.softening, cfg.colours, z_tr, cfg.z_weight,
+                                   cfg.whiten)
         dt = torch.float32
         self.x_train = torch.tensor(self.feat.numpy(observed.flux[tr], z_tr), dtype=dt, device=self.device)
         self.x_val = torch.tensor(self.feat.numpy(observed.flux[va], observed.z_spec[va] if self.use_z else None),
