@@ -67,6 +67,26 @@ def test_noise_is_applied_to_predictions():
     assert 0.7 < float(resid.std()) < 1.5  # amplitude 1: the catalog's noise level
 
 
+def test_whitened_share_of_the_loss_directions():
+    plain, *_ = _trainer(n=800, steps=5, whiten=0.0)
+    half, *_ = _trainer(n=800, steps=5, whiten=0.5)
+    d0 = plain.directions(64, torch.Generator().manual_seed(5), "cpu")
+    d1 = half.directions(64, torch.Generator().manual_seed(5), "cpu")
+    # whiten 0: the plain unit directions, the same stream as before the option existed
+    assert torch.allclose(d0.norm(dim=0), torch.ones(64), atol=1e-5)
+    assert torch.equal(d0[:, :32], d1[:, :32])
+    # the other half are W d: projections of the catalog's photometric features onto them are those of the
+    # whitened features onto unit vectors (variance P/r on average instead of following the brightness axis)
+    w = half._whiten
+    assert torch.allclose(d1[:, 32:], w @ d0[:, 32:], atol=1e-6)
+    x = half.x_train
+    cov_w = torch.cov((x @ w).T)
+    n_phot = x.shape[1] - (1 if half.use_z else 0)
+    ev = torch.linalg.eigvalsh(cov_w[:n_phot, :n_phot].double())
+    r = int((ev > 1e-6 * ev.max()).sum())
+    assert torch.allclose(ev[-r:], torch.full((r,), n_phot / r, dtype=ev.dtype), rtol=1e-3)
+
+
 def test_only_selected_predictions_enter_the_loss():
     tr, cat, nm, cuts = _trainer(n=600, steps=5)
     ms = tr.new_member(0)

@@ -690,9 +690,10 @@ UV_EDGE_AA = 3000.0
 
 def optical_only_note(bands) -> str | None:
     """A note for fits whose bands are all redder than :data:`UV_EDGE_AA`: there, grey dust (n_dust near 1,
-    a flat attenuation curve across the optical) trades ``tau2`` against ``log_mstar`` without changing any
-    colour, and the population keeps the initial flow's spread along that direction (README, "What optical
-    photometry cannot tell apart").  ``None`` when a band is bluer, or a band is not a known filter."""
+    a flat attenuation curve across the optical) trades ``tau2`` against ``log_mstar`` with colour changes of
+    a few hundredths of a magnitude, and the population is only loosely pinned along that direction (README,
+    "Dust and mass from optical colours"; ``bench/identifiability.py``).  ``None`` when a band is bluer, or a
+    band is not a known filter."""
     from engine.sps.photometry import load_filter
 
     try:
@@ -702,8 +703,8 @@ def optical_only_note(bands) -> str | None:
     if not lam or min(lam) <= UV_EDGE_AA:
         return None
     return (f"no band bluer than {UV_EDGE_AA:.0f} A (bluest {min(lam):.0f} A): for grey dust (n_dust near 1) "
-            "these bands cannot tell tau2 from log_mstar, and the population keeps the initial flow's spread "
-            "along that direction; UV bands (e.g. GALEX FUV/NUV) constrain it")
+            "these bands tell tau2 from log_mstar only by colour changes of a few hundredths of a magnitude, so "
+            "both are loosely constrained there; UV bands (e.g. GALEX FUV/NUV) constrain them")
 
 
 def _summary(cfg, cfg_json, rep, pop, trainer, param_names, columns) -> dict:

@@ -43,9 +43,10 @@ def add_subparser(sub) -> None:
     p.add_argument("--z-weight", type=float, default=None,
                    help="weight of the spec-z column in the loss with --redshift observed (default 3, the weight "
                         "of the nine photometric columns together; 1: one column among ten)")
-    p.add_argument("--whiten", type=float, default=None, metavar="POWER",
-                   help="decorrelate the photometric features before the loss: 1 weighs every independent colour "
-                        "direction as much as overall brightness, 0 keeps the standardised columns (default 0)")
+    p.add_argument("--whiten", type=float, default=None, metavar="SHARE",
+                   help="share of the sliced-Wasserstein projections drawn in the whitened photometric space, where "
+                        "every independent colour direction weighs as much as overall brightness (default 0.5; 0: all "
+                        "in the standardised magnitudes and colours, where brightness dominates; 1: all whitened)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 10)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (and every 30 s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
