@@ -74,7 +74,7 @@ class TrainConfig:
     val_every: int = 10
     val_draw_factor: float = 2.0
     colours: bool = True
-    whiten: float = 0.5  # share of the loss's projections drawn in the whitened feature space (Trainer.directions)
+    whiten: float = 0.5  # share of the sliced (and validation) projections drawn whitened (Trainer.directions)
     redshift: str = "free"  # free | observed
     max_draw_factor: float = 8.0
     soft_selection: bool = True
@@ -605,9 +605,10 @@ class Trainer:
 
         Standardised but correlated columns give the common brightness direction of the magnitudes most of
         each random projection; whitened directions weigh every independent colour direction as much as
-        brightness.  Measured on the ugriz recovery benchmark: all-whitened projections took tau2 W1/sd from
-        0.18-0.32 to 0.09-0.12 and log M* from 0.14-0.23 to 0.06-0.14, but left the magnitude distribution
-        ~1.4x the noise floor with GALEX bands; half and half keeps both (README, Figures)."""
+        brightness.  Measured on the recovery benchmark (README, Figures): on ugriz, half whitened took tau2
+        W1/sd from 0.18-0.32 to 0.11-0.15 and log M* from 0.14-0.23 to 0.12-0.14, all whitened to 0.09-0.12
+        and 0.06-0.14; with GALEX bands all whitened left the photometry 1.4x the noise floor (target 1.2x)
+        and half whitened 1.0x."""
         d = random_directions(self._whiten.shape[0], n, gen, device)
         k = int(round(self.cfg.whiten * n))
         if k == 0:
