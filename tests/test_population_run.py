@@ -57,7 +57,9 @@ def _check_complete(run_dir, members, steps):
 
 
 def test_fit_writes_the_run_format(tmp_path, cat):
-    run = fit(cat, tmp_path / "run", forward=ToyForwardModel(), **SMALL)
+    # 30 steps leave the members far from converged (validation 5x the floor), so which of them falls within
+    # the default 1.5x of the best is chance; this test is about the format, the dropping has its own test
+    run = fit(cat, tmp_path / "run", forward=ToyForwardModel(), converge_factor=10.0, **SMALL)
     d = run.path
     for name in ("config.json", "noise_model.json", "observed.parquet", "history.jsonl", "preview.parquet",
                  "population.parquet", "summary.json", "checkpoints/member_0.pt", "flows/member_1.pt"):
