@@ -39,13 +39,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recovery import w1_over_sd  # noqa: E402  (bench/ is on the path when this script runs)
+
 TAU2_BOX = (0.0, 3.0)
 LOGM_BOX = (7.0, 13.0)
-
-
-def w1_over_sd(a, b) -> float:
-    q = (np.arange(4000) + 0.5) / 4000
-    return float(np.mean(np.abs(np.quantile(a, q) - np.quantile(b, q))) / np.std(b))
 
 
 def make_twin(theta: np.ndarray, names: list[str], flux_at, r_index: int, grey: float,
