@@ -391,7 +391,7 @@ class Trainer:
         w = np.eye(self.x_train.shape[1])
         if cfg.whiten > 0:
             w[:n_phot, :n_phot] = whitening_matrix(self.x_train[:, :n_phot].double().cpu().numpy())
-        self._whiten = torch.tensor(w, dtype=dt)
+        self._whiten = torch.tensor(w, dtype=dt, device=self.device)  # .to() in directions() is then a no-op
         self._val_dirs = self.directions(cfg.val_proj, torch.Generator(device="cpu").manual_seed(int(cfg.seed) + 99991),
                                          "cpu").to(self.device)
         # the floor compares the validation rows with (at most obs_cap of) the training rows: a training step
