@@ -46,7 +46,8 @@ def add_subparser(sub) -> None:
     p.add_argument("--whiten", type=float, default=None, metavar="SHARE",
                    help="share of the sliced-Wasserstein projections drawn in the whitened photometric space, where "
                         "every independent colour direction weighs as much as overall brightness (default 0.5; 0: all "
-                        "in the standardised magnitudes and colours, where brightness dominates; 1: all whitened; the sliced loss and the validation loss)")
+                        "in the standardised magnitudes and colours, where brightness dominates; 1: all whitened; "
+                        "used by the sliced loss and the validation loss)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 10)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (and every 30 s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
