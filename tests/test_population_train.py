@@ -87,6 +87,26 @@ def test_whitened_share_of_the_loss_directions():
     assert torch.allclose(ev[-r:], torch.full((r,), n_phot / r, dtype=ev.dtype), rtol=1e-3)
 
 
+@pytest.mark.parametrize("best_from, kept", [(0.0, 10), (0.5, 39), (1.0, 39)])
+def test_kept_state_is_the_best_validation_from_best_from_on(best_from, kept, monkeypatch):
+    tr, *_ = _trainer(n=600, steps=40, batch=128, best_from=best_from)
+    # validation losses with the lowest one early (as when the scatter of the loss favours an undertrained state)
+    seq = iter([0.5, 0.1, 0.4, 0.3, 0.2])
+    monkeypatch.setattr(tr, "validate", lambda ms: next(seq))
+    ms = tr.new_member(0)
+    snaps = {}
+    events = []
+    for e in tr.iter_member(ms):
+        events.append(e)
+        if e.get("event") == "step" and e["val_loss"] is not None:
+            snaps[e["step"]] = {k: v.detach().cpu().clone() for k, v in ms.eval_flow.state_dict().items()}
+    assert sorted(snaps) == [0, 10, 20, 30, 39]  # every val_every steps and the last
+    assert events[-1]["best_step"] == kept
+    assert events[-1]["best_val_loss"] == {10: 0.1, 39: 0.2}[kept]
+    assert all(torch.equal(snaps[kept][k], v) for k, v in ms.best_flow.items())
+    assert not all(torch.equal(snaps[10 if kept == 39 else 39][k], v) for k, v in ms.best_flow.items())
+
+
 def test_only_selected_predictions_enter_the_loss():
     tr, cat, nm, cuts = _trainer(n=600, steps=5)
     ms = tr.new_member(0)

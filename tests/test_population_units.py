@@ -296,11 +296,14 @@ def test_whitening_matrix():
 
 def test_train_config_from_an_older_run_keeps_its_behaviour():
     old = TrainConfig().to_dict()
-    del old["whiten"]  # config.json written before the option existed
+    del old["whiten"], old["best_from"]  # config.json written before the options existed
     assert TrainConfig.from_dict(old).whiten == 0.0
+    assert TrainConfig.from_dict(old).best_from == 0.0  # the best state of the whole run, as then
     assert TrainConfig.from_dict({**old, "whiten": 1}).whiten == 1.0
     with pytest.raises(PopsedError, match="whiten"):
         TrainConfig(whiten=2.0)
+    with pytest.raises(PopsedError, match="best_from"):
+        TrainConfig(best_from=-0.1)
 
 
 # ------------------------------------------------------------------ selection

@@ -40,6 +40,11 @@ def add_subparser(sub) -> None:
     p.add_argument("--ema", type=float, default=None,
                    help="decay per step of the flow-weight average that is validated and kept (default 0.98, about "
                         "the last 50 steps; 0: off, the best single iterate)")
+    p.add_argument("--best-from", type=float, default=None, metavar="FRACTION",
+                   help="keep each member's state of lowest validation loss among the steps after this fraction of "
+                        "training (default 1: the final state; 0: the best of the whole run, which on the recovery "
+                        "benchmark often picked an undertrained state from before mid-training, whose validation "
+                        "loss was lower only by chance)")
     p.add_argument("--z-weight", type=float, default=None,
                    help="weight of the spec-z column in the loss with --redshift observed (default 3, the weight "
                         "of the nine photometric columns together; 1: one column among ten)")
@@ -91,7 +96,7 @@ def _cmd_fit(args) -> int:
         opts["entropy"] = args.entropy
     if args.val_every is not None:
         opts["val_every"] = args.val_every
-    for key in ("ema", "z_weight", "whiten"):
+    for key in ("ema", "z_weight", "whiten", "best_from"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     try:
