@@ -296,9 +296,11 @@ def test_whitening_matrix():
 
 def test_train_config_from_an_older_run_keeps_its_behaviour():
     old = TrainConfig().to_dict()
-    del old["whiten"], old["best_from"]  # config.json written before the options existed
-    assert TrainConfig.from_dict(old).whiten == 0.0
-    assert TrainConfig.from_dict(old).best_from == 0.0  # the best state of the whole run, as then
+    for key in ("whiten", "best_from", "ema", "z_weight"):
+        del old[key]  # config.json written before the options existed (the bundled sample run's lacks all four)
+    cfg = TrainConfig.from_dict(old)
+    assert (cfg.whiten, cfg.best_from, cfg.ema, cfg.z_weight) == (0.0, 0.0, 0.0, 1.0)  # the defaults then
+    assert (TrainConfig().whiten, TrainConfig().best_from, TrainConfig().ema, TrainConfig().z_weight) == (0.5, 1.0, 0.98, 3.0)
     assert TrainConfig.from_dict({**old, "whiten": 1}).whiten == 1.0
     with pytest.raises(PopsedError, match="whiten"):
         TrainConfig(whiten=2.0)

@@ -33,13 +33,13 @@ def add_subparser(sub) -> None:
     p.add_argument("--entropy", type=float, default=None,
                    help="weight of the maximum-entropy term E_q[log q] (default 0: off). It prefers, among populations "
                         "that fit equally well, the least committal one; on the recovery benchmark (--redshift "
-                        "observed) 3e-3 gave log M* W1/sd 0.16 and tau2 0.18-0.23 in three runs, against 0.18 "
-                        "and 0.22 without it. Along directions the photometry does not constrain (e.g. grey dust "
+                        "observed) 3e-3 gave log M* W1/sd 0.111-0.115 over three fit seeds, 1e-2 0.072-0.112, and 0 "
+                        "0.14 (one seed). Along directions the photometry does not constrain (e.g. grey dust "
                         "against mass with optical bands only) the population stays about as broad as the "
                         "initial flow, with or without it")
     p.add_argument("--ema", type=float, default=None,
                    help="decay per step of the flow-weight average that is validated and kept (default 0.98, about "
-                        "the last 50 steps; 0: off, the best single iterate)")
+                        "the last 50 steps; 0: off, single iterates)")
     p.add_argument("--best-from", type=float, default=None, metavar="FRACTION",
                    help="keep each member's state of lowest validation loss among the steps after this fraction of "
                         "training (default 1: the final state; 0: the best of the whole run, which on the recovery "
