@@ -12,7 +12,7 @@
    from finite samples is biased high (by ~0.02 of the sd at the fit's default 10 000 per member).
 4. photometric distance at the end: sliced Wasserstein (p=2, 512 fixed directions, in the fit's
    standardised asinh-magnitude + colour space) between the predicted photometry (fresh samples of the
-   converged members' best flows -> forward model -> the run's noise model -> selection) and the observed
+   converged members' kept flows -> forward model -> the run's noise model -> selection) and the observed
    catalog, against the noise floor: the same distance between two independent noise realisations of the
    truth, at equal sample sizes.  Two floors are reported.  ``noise_floor`` (the target's): an independent
    realisation of the true population -- ``popsed mock`` with another seed, i.e. other galaxies from the same
@@ -90,7 +90,7 @@ def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0,
     def features(flux):
         return torch.tensor(feat.numpy(flux), dtype=torch.float32, device=dev)
 
-    # predicted: fresh samples of the converged members' best flows
+    # predicted: fresh samples of the converged members' kept flows
     model, _ = make_forward_model(cfg["forward"]["kind"], bands, dev, cfg.get("z_max") or 0.65, cfg["forward"].get("file"))
     summ = run.summary()
     preds = []

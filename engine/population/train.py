@@ -22,10 +22,11 @@ the best validation state among the steps from ``best_from`` of training on; by 
 on the recovery benchmark the best state of the whole run was, for a third of the members, one from before
 mid-training (with the noise ramp just over and the weakly constrained directions still moving) that had
 won on the scatter of the validation loss: over three fit seeds the kept populations gave log M* W1/sd
-0.115-0.156, the final states 0.111-0.115.  With ``ema`` > 0 the flow's weights are also averaged over the steps (an
-exponential moving average, Polyak & Juditsky 1992), and validation, the best state and the results use the
-average: single Adam iterates jump around (validation losses scatter by tens of per cent from one
-validation to the next), so the best single iterate is partly a lucky draw, while the average is not.
+0.115-0.156, the final states 0.111-0.115.  With ``ema`` > 0 the flow's weights are also averaged over the
+steps (an exponential moving average, Polyak & Juditsky 1992), and validation, the kept state and the
+results use the average: single Adam iterates jump around (validation losses scatter by tens of per cent
+from one validation to the next), so the best single iterate is partly a lucky draw, while the average is
+not.
 The noise floor is the same distance between the validation and the training rows of the catalog.
 
 Rows of the observed catalog without a measurement (NaN) in any fitted band are not used (counted in the
@@ -50,8 +51,7 @@ from .noise import NoiseModel, asinh_mag, pogson_mag
 from .selection import Cut, check_cuts, selection_mask
 
 
-# the value of a TrainConfig field for runs written before that field existed
-#: values of fields a run made before they existed was trained with (the defaults then)
+#: the value of a TrainConfig field for runs written before that field existed (the default then)
 LEGACY = {"whiten": 0.0, "best_from": 0.0, "ema": 0.0, "z_weight": 1.0}
 
 
