@@ -19,7 +19,7 @@ fixed number of draws and a *fixed* random stream per member (common random numb
 validation losses differ only through the flow), and is always the sliced Wasserstein distance with fixed
 directions (cheap, and one metric for comparing members whatever the training loss).  The state kept is
 the best validation state among the steps from ``best_from`` of training on; by default (1) the final state:
-on the recovery benchmark the best state of the whole run was, for a third of the members, one from before
+on the recovery benchmark the best state of the whole run was, for 6 of 20 members, one from before
 mid-training (with the noise ramp just over and the weakly constrained directions still moving) that had
 won on the scatter of the validation loss: over three fit seeds the kept populations gave log M* W1/sd
 0.115-0.156, the final states 0.111-0.115.  With ``ema`` > 0 the flow's weights are also averaged over the
