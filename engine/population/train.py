@@ -613,9 +613,9 @@ class Trainer:
 
         Standardised but correlated columns give the common brightness direction of the magnitudes most of
         each random projection; whitened directions weigh every independent colour direction as much as
-        brightness.  Measured on the recovery benchmark (README, Figures): on ugriz, half whitened took tau2
-        W1/sd from 0.18-0.32 to 0.11-0.15 and log M* from 0.14-0.23 to 0.12-0.16, all whitened to 0.09-0.12
-        and 0.06-0.14; with GALEX bands all whitened left the photometry 1.4x the noise floor (target 1.2x)
+        brightness.  Measured on the recovery benchmark (README, Figures; members then kept their best-validation
+        states, ``best_from`` 0): on ugriz, half whitened took tau2 W1/sd from 0.18-0.32 to 0.11-0.15 and log M*
+        from 0.14-0.23 to 0.12-0.16, all whitened to 0.09-0.12 and 0.06-0.14; with GALEX bands all whitened left the photometry 1.4x the noise floor (target 1.2x)
         and half whitened 1.0x."""
         d = random_directions(self._whiten.shape[0], n, gen, device)
         k = int(round(self.cfg.whiten * n))
