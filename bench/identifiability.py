@@ -82,11 +82,11 @@ def main(argv=None) -> int:
     import torch
     from astropy.table import Table
 
-    from engine.population.api import make_forward_model
+    from engine.population.forward import make_forward_model
     from engine.population.losses import random_directions, sliced_wasserstein
     from engine.population.noise import NoiseModel, pogson_mag
     from engine.population.selection import parse_selection, selection_mask
-    from engine.population.train import Featurizer
+    from engine.population.objective import Featurizer
     from engine.sps import SPSModel
     from engine.sps.params import param_bounds
 

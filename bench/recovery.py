@@ -64,11 +64,11 @@ def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0,
     import torch
     from astropy.table import Table
 
-    from engine.population.api import make_forward_model, resolve_device
+    from engine.population.forward import make_forward_model, resolve_device
     from engine.population.losses import random_directions, sliced_wasserstein
     from engine.population.run import Run
     from engine.population.selection import parse_selection, selection_mask
-    from engine.population.train import Featurizer
+    from engine.population.objective import Featurizer
 
     run = Run(run_dir)
     cfg = run.config

@@ -8,7 +8,7 @@ measured in the same run:
     geomloss Sinkhorn p=1, scaling 0.9, at its final blur 0.002 (tensorized backend unless KeOps is
     installed).
 
-Both run the real trainer step (engine.population.train.Trainer.step: flow sampling, forward model,
+Both run the real trainer step (engine.population.trainer.Trainer.step: flow sampling, forward model,
 noise, asinh magnitudes + colours, loss, backward, Adam) through the *same* forward model, so the ratio
 is about the flow and the loss.  The forward model is the packaged emulator when its file exists,
 otherwise an emulator-sized MLP stand-in (4 x 256 hidden, Speculator activation), reported as such.
@@ -90,10 +90,12 @@ def _measure(config: str, n: int, reps: int, device: str, threads: int, q):
         torch.set_num_threads(threads)
     import numpy as np
 
-    from engine.population.api import resolve_device
+    from engine.population.forward import resolve_device
     from engine.population.flow import REFERENCE_FLOW, FlowConfig
     from engine.population.noise import NoiseModel
-    from engine.population.train import TrainConfig, Trainer, prepare_observed
+    from engine.population.config import TrainConfig
+    from engine.population.observed import prepare_observed
+    from engine.population.trainer import Trainer
 
     dev = resolve_device(device)
     model, fdesc = _forward_model(dev)
@@ -139,7 +141,7 @@ def _measure(config: str, n: int, reps: int, device: str, threads: int, q):
         "flow_parameters": sum(p.numel() for p in ms.flow.parameters()),
     }
     if cfg.loss == "sinkhorn":
-        out["sinkhorn"] = {"p": 1, "blur": 0.002, "scaling": 0.9, "backend": tr.sinkhorn.backend}
+        out["sinkhorn"] = {"p": 1, "blur": 0.002, "scaling": 0.9, "backend": tr.objective.train_loss.fn.backend}
     if dev.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     q.put(out)

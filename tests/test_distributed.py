@@ -121,7 +121,7 @@ def test_failed_member_is_reported_then_resumed(tmp_path, cat, monkeypatch):
     never silently dropped; --resume trains it."""
     import logging
 
-    from engine.population.train import Trainer
+    from engine.population.trainer import Trainer
 
     real = Trainer.iter_member
 

@@ -9,7 +9,9 @@ from engine.population.flow import FlowConfig
 from engine.population.noise import NoiseModel
 from engine.population.selection import parse_selection, selection_mask
 from engine.population.toy import ToyForwardModel, make_toy_catalog
-from engine.population.train import TrainConfig, Trainer, prepare_observed
+from engine.population.config import TrainConfig
+from engine.population.observed import prepare_observed
+from engine.population.trainer import Trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,14 +72,14 @@ def test_noise_is_applied_to_predictions():
 def test_whitened_share_of_the_loss_directions():
     plain, *_ = _trainer(n=800, steps=5, whiten=0.0)
     half, *_ = _trainer(n=800, steps=5, whiten=0.5)
-    d0 = plain.directions(64, torch.Generator().manual_seed(5), "cpu")
-    d1 = half.directions(64, torch.Generator().manual_seed(5), "cpu")
+    d0 = plain.objective.directions(64, torch.Generator().manual_seed(5), "cpu")
+    d1 = half.objective.directions(64, torch.Generator().manual_seed(5), "cpu")
     # whiten 0: the plain unit directions, the same stream as before the option existed
     assert torch.allclose(d0.norm(dim=0), torch.ones(64), atol=1e-5)
     assert torch.equal(d0[:, :32], d1[:, :32])
     # the other half are W d: projections of the catalog's photometric features onto them are those of the
     # whitened features onto unit vectors (variance P/r on average instead of following the brightness axis)
-    w = half._whiten
+    w = half.objective.whiten
     assert torch.allclose(d1[:, 32:], w @ d0[:, 32:], atol=1e-6)
     x = half.x_train
     cov_w = torch.cov((x @ w).T)
@@ -154,7 +156,7 @@ def test_entropy_term_estimates_the_flow_entropy_and_steers_training():
         for p in ms.flow.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     tr.cfg.entropy_samples = 20000
-    est = float(tr.neg_entropy(ms).detach())
+    est = float(tr.objective.neg_entropy(ms.flow, ms.gen).detach())
     with torch.no_grad():
         th = ms.flow.sample(20000, torch.Generator().manual_seed(2))
         ref = float(ms.flow.log_prob(th).mean())
@@ -166,7 +168,7 @@ def test_entropy_term_estimates_the_flow_entropy_and_steers_training():
         for _ in t.iter_member(m):
             pass
         with torch.no_grad():
-            return float(-t.neg_entropy(m))
+            return float(-t.objective.neg_entropy(m.flow, m.gen))
 
     h0, h1 = spread(0.0), spread(0.5)
     print("entropy without / with the term:", h0, h1)

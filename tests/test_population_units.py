@@ -14,7 +14,9 @@ from engine.population.flow import FlowConfig, PopulationFlow
 from engine.population.losses import BlurSchedule, SinkhornLoss, sliced_wasserstein
 from engine.population.noise import NoiseModel, asinh_mag, pogson_mag
 from engine.population.selection import SelectionError, check_cuts, parse_selection, selection_mask
-from engine.population.train import TrainConfig, ensemble_report, whitening_matrix
+from engine.population.config import TrainConfig
+from engine.population.objective import whitening_matrix
+from engine.population.trainer import ensemble_report
 
 SPS_BOUNDS = torch.tensor([[0, 0.65], [7, 13], [0, 1], [0, 1], [0, 1], [0.01, 13.27], [0, 1], [-2.3, 0.4],
                            [-3, 1], [0, 3], [0, 3]], dtype=torch.float32)
@@ -348,7 +350,7 @@ def test_schedules():
 
 
 def test_optical_only_note():
-    from engine.population.api import optical_only_note
+    from engine.population.rundir import optical_only_note
 
     ugriz = ["sdss2010-u", "sdss2010-g", "sdss2010-r", "sdss2010-i", "sdss2010-z"]
     note = optical_only_note(ugriz)

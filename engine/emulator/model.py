@@ -69,7 +69,8 @@ from engine.errors import ModelFileError
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves, bump_strength, tau_ism_at, tau_ism_from_factors
-from engine.sps.model import DERIVED_NAMES, ln_flux_scale_at, metallicity_nodes, resolve_device
+from engine.device import resolve_device
+from engine.sps.model import DERIVED_NAMES, ln_flux_scale_at, metallicity_nodes
 from engine.sps.params import IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 
 FORMAT = "popsed-emulator"

@@ -28,7 +28,8 @@ from engine.emulator.model import (CONSTANTS, H_CLIP, N_BASES, N_WINDOWS, SED_RA
                                    burst_sed_features)
 from engine.emulator.network import SpeculatorMLP
 from engine.sps import sfh as sfh_mod
-from engine.sps.model import metallicity_nodes, metallicity_weights, resolve_device
+from engine.device import resolve_device
+from engine.sps.model import metallicity_nodes, metallicity_weights
 from engine.sps.params import DEFAULT_Z_MAX, IDX, param_bounds
 
 

@@ -1,4 +1,4 @@
-"""Population inference (DESIGN §4): normalizing-flow ensembles fitted to photometric catalogs.
+"""Population inference: normalizing-flow ensembles fitted to photometric catalogs.
 
 Public API
 ----------
@@ -8,17 +8,21 @@ Public API
 - building blocks: :class:`PopulationFlow` / :class:`FlowConfig` (flow.py; its splines in spline.py),
   :class:`BoxBijection` (bounds.py), :func:`sliced_wasserstein` / :class:`SinkhornLoss` (losses.py), :class:`NoiseModel` /
   :func:`asinh_mag` (noise.py), :func:`parse_selection` / :func:`selection_mask` (selection.py),
-  :class:`Trainer` / :class:`TrainConfig` (train.py).
+  :class:`Trainer` (trainer.py), :class:`TrainConfig` / :class:`FitOptions` / :class:`FitSpec` (config.py),
+  :class:`ForwardModel` / :func:`make_forward_model` (forward.py), :class:`Objective` (objective.py).
 """
 from .api import fit, iter_fit
 from .bounds import BoxBijection
+from .config import FitOptions, FitSpec, TrainConfig
 from .flow import FlowConfig, PopulationFlow
+from .forward import ForwardModel, make_forward_model
 from .losses import SinkhornLoss, sliced_wasserstein
 from .noise import NoiseModel, asinh_mag
+from .objective import Objective
 from .run import Run
 from .selection import Cut, parse_selection, selection_mask
-from .train import TrainConfig, Trainer
+from .trainer import Trainer
 
 __all__ = ["fit", "iter_fit", "Run", "BoxBijection", "FlowConfig", "PopulationFlow", "SinkhornLoss",
            "sliced_wasserstein", "NoiseModel", "asinh_mag", "Cut", "parse_selection", "selection_mask",
-           "TrainConfig", "Trainer"]
+           "TrainConfig", "Trainer", "FitOptions", "FitSpec", "ForwardModel", "make_forward_model", "Objective"]

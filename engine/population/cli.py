@@ -32,9 +32,8 @@ def add_subparser(sub) -> None:
     p.add_argument("--noise-ramp", type=float, default=None, help="fraction of training over which noise ramps 0 -> 1")
     p.add_argument("--entropy", type=float, default=None,
                    help="weight of the maximum-entropy term E_q[log q] (default 0: off). It prefers, among populations "
-                        "that fit equally well, the least committal one; on the recovery benchmark (--redshift "
-                        "observed) 3e-3 gave log M* W1/sd 0.111-0.115 over three fit seeds, 1e-2 0.072-0.112, and 0 "
-                        "0.14 (one seed). Along directions the photometry does not constrain (e.g. grey dust "
+                        "that fit equally well, the least committal one (a uniform prior over the parameter box in "
+                        "variational form). Along directions the photometry does not constrain (e.g. grey dust "
                         "against mass with optical bands only) the population stays about as broad as the "
                         "initial flow, with or without it")
     p.add_argument("--ema", type=float, default=None,
@@ -42,9 +41,8 @@ def add_subparser(sub) -> None:
                         "the last 50 steps; 0: off, single iterates)")
     p.add_argument("--best-from", type=float, default=None, metavar="FRACTION",
                    help="keep each member's state of lowest validation loss among the steps after this fraction of "
-                        "training (default 1: the final state; 0: the best of the whole run, which on the recovery "
-                        "benchmark often picked an undertrained state from before mid-training, whose validation "
-                        "loss was lower only by chance)")
+                        "training (default 1: the final state; 0: the best of the whole run, which can be an "
+                        "undertrained early state whose validation loss is lower only through its scatter)")
     p.add_argument("--z-weight", type=float, default=None,
                    help="weight of the spec-z column in the loss with --redshift observed (default 3, the weight "
                         "of the nine photometric columns together; 1: one column among ten)")
@@ -77,6 +75,7 @@ def add_subparser(sub) -> None:
 
 
 def _cmd_fit(args) -> int:
+    # lazy: the parser is built for every `popsed` command, which must not import torch
     from .api import fit
 
     if args.resume and args.overwrite:
@@ -146,12 +145,12 @@ def format_summary(s: dict, cfg: dict | None = None) -> str:
 
 
 def _cmd_summary(args) -> int:
-    from .run import Run
+    from .run import Run  # lazy: as fit above
 
     run = Run(args.run)
     s = run.summary()
     if args.json:
-        from .run import dumps
+        from .run import dumps  # lazy: as fit above
 
         print(dumps(s, indent=1))
     else:

@@ -5,7 +5,7 @@ configuration, the forward model's description (``emulator``/``sps``/``MODULE:FA
 the noise model and the cuts as JSON-like dicts, the observed rows as numpy arrays (scattered once; for
 a streamed catalog the resident rows and the Parquet path) and, when resuming, the member's checkpoint
 as ``torch.save`` bytes -- and rebuilds the forward model and the
-:class:`~engine.population.train.Trainer` on the worker.  It trains the member and streams its events
+:class:`~engine.population.trainer.Trainer` on the worker.  It trains the member and streams its events
 through a ``distributed.Queue`` to the client: every step event, the dashboard previews and, every
 ``checkpoint_every`` steps (or ``checkpoint_seconds``), the member's resumable state.  It returns the
 final state (bytes).  The *client* writes everything into the run directory -- ``history.jsonl`` line
@@ -37,7 +37,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from engine.catalog import open_catalog_stream
 from engine.errors import PopsedError
+
+from .config import TrainConfig
+from .forward import make_forward_model, resolve_device
+from .noise import NoiseModel
+from .observed import Observed
+from .selection import parse_selection
+from .stream import StreamingTrainer, StreamOptions
+from .trainer import Trainer
 
 __all__ = ["open_client", "train_member", "build_trainer", "run_members", "state_to_bytes", "state_from_bytes"]
 
@@ -57,8 +66,9 @@ def state_from_bytes(data: bytes) -> dict:
 
 # ---------------------------------------------------------------------------------------------- cluster
 def _warm_up() -> None:
-    """Import the modules a member task needs (run on every worker of a new local cluster)."""
-    import engine.population.train  # noqa: F401  (torch, nflows, the trainer)
+    """Import the modules a member task needs (run on every worker of a new local cluster): the imports are
+    the point of this function, so they are local to it."""
+    import engine.population.trainer  # noqa: F401  (torch, nflows, the trainer)
     import engine.sps.model  # noqa: F401
 
 
@@ -71,6 +81,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, client
     ``cpu_count // workers``, at least 1; None = leave the worker's setting alone).
     """
     try:
+        # dask is imported only when a cluster is asked for (module docstring)
         import distributed
     except ImportError as exc:  # pragma: no cover - dask is a dependency
         raise PopsedError(f"--workers/--scheduler need dask.distributed ({exc})") from None
@@ -85,7 +96,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, client
     if workers is None or int(workers) < 1:
         raise PopsedError(f"--workers must be >= 1, got {workers}")
     n = int(workers)
-    import dask
+    import dask  # with distributed above
 
     # dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to their workers; with torch's large short-lived
     # tensors that makes every step page-fault its memory back in (measured: the SPS step 3x slower)
@@ -108,20 +119,13 @@ def open_client(workers: int | None = None, scheduler: str | None = None, client
 
 
 # ---------------------------------------------------------------------------------------------- worker side
-def _observed(payload: dict):
-    from .train import Observed
-
+def _observed(payload: dict) -> Observed:
     return Observed(tuple(payload["bands"]), payload["flux"], payload["flux_err"], payload["z_spec"],
                     np.asarray(payload["split"]).astype(str), dict(payload["report"]))
 
 
 def build_trainer(spec: dict, observed: dict):
     """Rebuild the forward model and the trainer from the plain ``spec`` (see :func:`run_members`)."""
-    from .api import make_forward_model, resolve_device
-    from .noise import NoiseModel
-    from .selection import parse_selection
-    from .train import TrainConfig, Trainer
-
     dev = resolve_device(spec["device"])
     if spec.get("forward_object") is not None:
         model = spec["forward_object"]
@@ -134,10 +138,6 @@ def build_trainer(spec: dict, observed: dict):
     obs = _observed(observed)
     st = spec.get("stream")
     if st:
-        from engine.catalog import open_catalog_stream
-
-        from .stream import StreamingTrainer, StreamOptions
-
         opts = StreamOptions.from_dict(st["options"])
         stream = open_catalog_stream(st["path"], bands=st["catalog_bands"], chunk_rows=opts.chunk_rows)
         trainer = StreamingTrainer(model, obs, noise, cuts, cfg, dev, stream, opts)
@@ -150,6 +150,7 @@ def build_trainer(spec: dict, observed: dict):
 def train_member(spec: dict, observed: dict, member: int, state: bytes | None) -> bytes:
     """The task: train member ``member`` (from ``state``, a checkpoint, if given) and return its final
     state as bytes; events, previews and checkpoints go to the ``distributed.Queue`` ``spec["queue"]``."""
+    # dask only when a cluster is used (module docstring)
     from distributed import Queue
 
     attempt = uuid.uuid4().hex
@@ -214,15 +215,14 @@ def run_members(client, spec: dict, observed: dict, todo: dict[int, bytes | None
     ``spec`` is the plain configuration read by :func:`build_trainer`.  Raises ``KeyboardInterrupt``
     (after cancelling the tasks) when ``stop_requested()`` becomes true.
     """
-    from distributed import Queue
+    # dask only when a cluster is used (module docstring)
+    from distributed import Queue, wait
 
     tag = uuid.uuid4().hex[:12]
     spec = dict(spec, queue=f"popsed-events-{tag}")
     q = Queue(spec["queue"], client=client)
     # the observed rows as the result of a task (recomputed by dask if every copy is lost with its workers,
     # which scattered data would not be), copied to every worker (dask places tasks where their data is)
-    from distributed import wait
-
     obs_f = client.submit(_payload, observed, key=f"popsed-observed-{tag}", pure=False)
     wait([obs_f])
     try:

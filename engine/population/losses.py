@@ -98,7 +98,7 @@ def sliced_wasserstein(
     ``(mean over directions of W_p^p of the 1-D projections) ** (1/p)``.  Directions are fresh random
     unit vectors drawn from ``generator`` unless given as a (D, P) matrix.  ``x_weights`` (N,),
     non-negative, optional: a weighted ``x`` (the loss is then differentiable in the weights too; the
-    trainer uses it for the selection, see ``engine.population.train``).
+    trainer uses it for the selection, see ``engine.population.trainer``).
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"point clouds must be (N, D) and (M, D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -130,7 +130,7 @@ def sliced_wasserstein(
 
 def _keops_available() -> bool:
     try:
-        import pykeops  # noqa: F401
+        import pykeops  # noqa: F401  (optional: geomloss's KeOps backend)
     except Exception:
         return False
     return True
@@ -140,6 +140,7 @@ class SinkhornLoss:
     """geomloss Sinkhorn divergence with a per-call blur (for annealing)."""
 
     def __init__(self, p: int = 1, scaling: float = 0.8, backend: str | None = None):
+        # lazy: only the Sinkhorn loss needs geomloss (and its KeOps probe)
         from geomloss import SamplesLoss
 
         self.p = p

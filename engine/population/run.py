@@ -25,6 +25,9 @@ import torch
 
 from engine.errors import ModelFileError, RunDirError
 
+from .flow import FlowConfig, PopulationFlow
+from .noise import NoiseModel
+
 FORMAT_VERSION = 1
 RUN_FILES = ("config.json", "noise_model.json", "observed.parquet", "history.jsonl", "preview.parquet",
              "checkpoints", "flows", "population.parquet", "summary.json", "run.lock")
@@ -80,6 +83,7 @@ def atomic_write_json(path, obj) -> None:
 
 
 def atomic_write_parquet(path, columns: dict) -> None:
+    # pyarrow is imported lazily (here and in Run.population): reading a run's JSON files must not need it
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -292,7 +296,7 @@ class Run:
 
     def population(self, pooled_only: bool = True):
         """``population.parquet`` as a pyarrow Table (diverged members are never in it)."""
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: see atomic_write_parquet
 
         p = self.path / "population.parquet"
         if not p.is_file():
@@ -300,14 +304,10 @@ class Run:
         return pq.read_table(p)
 
     def noise_model(self):
-        from .noise import NoiseModel
-
         return NoiseModel.load(self.path / "noise_model.json")
 
     def load_flow(self, member: int):
         """The best flow of ``member`` as a :class:`~engine.population.flow.PopulationFlow`."""
-        from .flow import FlowConfig, PopulationFlow
-
         d = torch_load(self.path / "flows" / f"member_{member}.pt", "flow")
         if not isinstance(d, dict) or d.get("format") != "popsed-flow":
             raise ModelFileError(f"{self.path}/flows/member_{member}.pt is not a popsed flow")

@@ -37,9 +37,11 @@ import torch
 
 from engine.errors import PopsedError
 
+from .config import TrainConfig
 from .noise import NoiseAccumulator, NoiseModel
+from .observed import Observed, usable_rows
 from .selection import Cut
-from .train import Observed, TrainConfig, Trainer, usable_rows
+from .trainer import Trainer
 
 __all__ = ["StreamOptions", "StreamingTrainer", "prepare_streamed", "usable_rows", "row_hash"]
 
@@ -114,7 +116,7 @@ def prepare_streamed(stream, bands, cuts: list[Cut], cfg: TrainConfig, opts: Str
                      z_range: tuple[float, float] | None = None) -> tuple[Observed, NoiseModel]:
     """Validate the streamed catalog, fit the noise model (two passes) and draw the resident rows.
 
-    Returns the resident :class:`~engine.population.train.Observed` (``split`` train/val, its ``report``
+    Returns the resident :class:`~engine.population.observed.Observed` (``split`` train/val, its ``report``
     counting the *whole* catalog) and the :class:`~engine.population.noise.NoiseModel`.
     """
     bands = tuple(bands)
@@ -164,7 +166,7 @@ def prepare_streamed(stream, bands, cuts: list[Cut], cfg: TrainConfig, opts: Str
 
 
 class StreamingTrainer(Trainer):
-    """A :class:`~engine.population.train.Trainer` whose observed training batches come from the file.
+    """A :class:`~engine.population.trainer.Trainer` whose observed training batches come from the file.
 
     ``observed`` holds the resident rows (from :func:`prepare_streamed`); ``stream`` is the open
     :class:`~engine.catalog.CatalogStream` (chunked as when the resident rows were drawn).

@@ -12,8 +12,10 @@ identifiable from three bands.  Fluxes are in nanomaggies; ``derived`` returns t
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
+import numpy as np
 import torch
 
 TOY_BANDS = ("toy-g", "toy-r", "toy-i")
@@ -67,10 +69,6 @@ class ToyCatalog:
     """An in-memory catalog with the fields of ``engine.catalog.Catalog`` that the fit uses."""
 
     def __init__(self, bands, flux, flux_err, z_spec=None, truth=None):
-        import hashlib
-
-        import numpy as np
-
         self.bands = tuple(bands)
         self.flux = np.asarray(flux, dtype=np.float64)
         self.flux_err = np.asarray(flux_err, dtype=np.float64)
@@ -87,8 +85,6 @@ class ToyCatalog:
 def toy_truth(n: int, seed: int = 0):
     """Truth parameters (n, 3) of the toy population: z ~ N(0.2, 0.08), log M* ~ N(10.3, 0.35),
     tau2 ~ N(0.6, 0.3), each clipped into the toy bounds."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     z = np.clip(rng.normal(0.2, 0.08, n), 0.03, 0.49)
     lm = np.clip(rng.normal(10.3, 0.35, n), 8.05, 11.95)
@@ -103,8 +99,6 @@ def make_toy_catalog(n: int = 2000, seed: int = 0, sky_sigma: float = 0.3, mag_l
     Noise: sigma_f^2 = sky_sigma^2 + 0.02 f (sky + Poisson-like), drawn per galaxy.  Returns
     ``(catalog, truth_all, selected_mask)``.
     """
-    import numpy as np
-
     model = ToyForwardModel(bands)
     m_total = n * (oversample if mag_limit is not None else 1)
     theta = toy_truth(m_total, seed)

@@ -6,7 +6,8 @@ histories), :mod:`~engine.sps.dust` (attenuation curves), :mod:`~engine.sps.cosm
 (distances and ages), :mod:`~engine.sps.photometry` (filters, AB integration) and
 :mod:`~engine.sps.model` (:class:`SPSModel`, which puts them together).
 """
-from engine.sps.model import DERIVED_NAMES, SPSModel, resolve_device
+from engine.device import resolve_device
+from engine.sps.model import DERIVED_NAMES, SPSModel
 from engine.sps.params import PARAM_NAMES, param_bounds
 
 __all__ = ["SPSModel", "PARAM_NAMES", "DERIVED_NAMES", "param_bounds", "resolve_device"]

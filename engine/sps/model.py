@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from engine.device import resolve_device
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves
@@ -35,16 +36,6 @@ _LN_FLUX_CONST = math.log(LNU_UNIT / (4.0 * math.pi * MPC_CM**2) / NANOMAGGY_CGS
 
 #: sSFR floor [1/yr] added to SFRs before taking logs (keeps log SFR finite when no star forms).
 SSFR_FLOOR = 1e-15
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` → CUDA when available, else CPU; otherwise ``torch.device(device)``."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
-    return dev
 
 
 def metallicity_nodes(log_zmet: torch.Tensor, zmet_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
