@@ -148,7 +148,7 @@ def child_big(path: str, steps: int, batch: int, out: str, threads: int, forward
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     marks = {}
-    import engine.population.stream as st
+    import engine.population.problem as st
 
     real_prep = st.prepare_streamed
 
@@ -159,7 +159,7 @@ def child_big(path: str, steps: int, batch: int, out: str, threads: int, forward
         marks["rss_after_scan_mb"] = _rss_mb()
         return r
 
-    st.prepare_streamed = timed_prep  # iter_fit imports it from the module at call time
+    st.prepare_streamed = timed_prep  # the fit calls it as engine.population.problem.prepare_streamed
     run = fit(path, out, members=1, steps=steps, batch=batch, forward=forward, selection=SELECTION,
               overwrite=True, checkpoint_every=10**6, val_every=max(1, steps - 1), population_samples=10_000)
     total = time.perf_counter() - t0

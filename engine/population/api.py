@@ -90,7 +90,7 @@ def iter_fit(catalog, out, config: TrainConfig | None = None, options: FitOption
         failed: dict[int, str] = {}
         previews: dict[int, dict] = {}
         if options.distributed:
-            yield from run_distributed(rd, trainer, task_spec(p, options), obs, states, failed, previews, options,
+            yield from run_distributed(rd, trainer, task_spec(p, options), states, failed, previews, options,
                                        stop_requested)
         else:
             yield from run_sequential(rd, trainer, states, previews, options, stop_requested)

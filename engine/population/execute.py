@@ -80,9 +80,11 @@ def _payload(obs: Observed) -> dict:
             "split": np.asarray(obs.split).astype(str), "report": obs.report}
 
 
-def run_distributed(rd: RunDir, trainer: Trainer, spec: dict, obs: Observed, states: dict, failed: dict,
-                    previews: dict, options: FitOptions, stop_requested=None) -> Iterator[dict]:
-    """Members as dask tasks (:mod:`engine.population.distributed`); this process writes the run."""
+def run_distributed(rd: RunDir, trainer: Trainer, spec: dict, states: dict, failed: dict, previews: dict,
+                    options: FitOptions, stop_requested=None) -> Iterator[dict]:
+    """Members as dask tasks (:mod:`engine.population.distributed`); this process writes the run.  ``spec``:
+    :func:`task_spec`; the observed rows are the trainer's.  Members whose task fails for good go into
+    ``failed`` (member -> reason)."""
     todo: dict[int, bytes | None] = {}
     for k in range(trainer.cfg.members):
         ms = states.get(k)
@@ -94,7 +96,7 @@ def run_distributed(rd: RunDir, trainer: Trainer, spec: dict, obs: Observed, sta
     c, close, threads = dd.open_client(options.workers, options.scheduler, options.client)
     spec = dict(spec, torch_threads=threads)
     try:
-        for msg in dd.run_members(c, spec, _payload(obs), todo, retries=options.retries, stop_requested=stop_requested):
+        for msg in dd.run_members(c, spec, _payload(trainer.obs), todo, retries=options.retries, stop_requested=stop_requested):
             yield from _handle(rd, trainer, msg, states, failed, previews)
     finally:
         close()

@@ -237,9 +237,9 @@ class Objective:
             p = p * torch.special.ndtr(sign * (fj - f_cut) / width)
         return p
 
-    def pull_penalty(self, flow, fluxes, x_base, delta, mask, amplitude, gen, n, pull):
-        """Selection pull: ``pull * (rejected fraction) * mean softplus-distance (mag) beyond the cuts``
-        over (a random subset of at most n/4 of) the rejected samples.
+    def pull_penalty(self, noisy_rejected: torch.Tensor, rejected_fraction: float, pull: float) -> torch.Tensor:
+        """Selection pull: ``pull * (rejected fraction) * mean softplus-distance (mag) beyond the cuts`` of
+        (a random subset of) the rejected samples, given their noisy fluxes ``noisy_rejected``.
 
         The masked OT loss constrains the population only where it is selected: it is blind to how much
         mass lies beyond the cuts, and mass leaking across the limit never comes back (the acceptance rate
@@ -247,12 +247,7 @@ class Objective:
         limit; it prefers, among the populations that reproduce the catalog, the one with the least
         mass beyond the cuts.  Its gradient reaches the flow only through rejected samples.
         """
-        rej = torch.nonzero(~mask).squeeze(1)
-        m = max(1, n // 4)
-        if rej.numel() > m:
-            rej = rej[torch.randperm(rej.numel(), generator=gen, device=rej.device)[:m]]
-        th = flow.push(x_base[rej])
-        f = fluxes(th) + amplitude * delta[rej]
+        f = noisy_rejected
         mags = asinh_mag(f, self.feat._t_soft(f))
         viol = []
         for c in self.cuts:
@@ -260,5 +255,4 @@ class Objective:
             viol.append((mj - c.value) if c.op in ("<", "<=") else (c.value - mj))
         v = torch.stack(viol, 1).max(1).values
         w = 0.2  # mag
-        frac = (mask.numel() - int(mask.sum())) / mask.numel()
-        return pull * frac * (w * torch.nn.functional.softplus(v / w)).mean()
+        return pull * rejected_fraction * (w * torch.nn.functional.softplus(v / w)).mean()

@@ -242,7 +242,7 @@ class Trainer:
                     sp = self.objective.selection_probability(f, sigma[idx], amplitude)
                     weights = mask[idx].to(f.dtype) + (sp - sp.detach())
                 if pull > 0 and n_sel < n_draw:
-                    penalty = self.objective.pull_penalty(flow, self.model.fluxes, x_base, delta, mask, amplitude, gen, n, pull)
+                    penalty = self._pull_penalty(flow, x_base, delta, mask, amplitude, gen, n, pull)
             else:
                 theta = theta[idx]
                 f = f0[idx]
@@ -258,6 +258,15 @@ class Trainer:
             z = theta[:, self.z_index] if self.use_z else None
             feats = self.feat(noisy, z) if noisy.shape[0] else noisy.new_zeros((0, self.x_train.shape[1]))
         return feats, weights, theta, noisy, n_sel, penalty
+
+    def _pull_penalty(self, flow, x_base, delta, mask, amplitude, gen, n, pull) -> torch.Tensor:
+        """The selection pull (:meth:`Objective.pull_penalty`) on at most ``n // 4`` of the rejected draws."""
+        rej = torch.nonzero(~mask).squeeze(1)
+        m = max(1, n // 4)
+        if rej.numel() > m:
+            rej = rej[torch.randperm(rej.numel(), generator=gen, device=rej.device)[:m]]
+        f = self.model.fluxes(flow.push(x_base[rej])) + amplitude * delta[rej]
+        return self.objective.pull_penalty(f, (mask.numel() - int(mask.sum())) / mask.numel(), pull)
 
     def _n_draw(self, ms: MemberState) -> int:
         b = self.cfg.batch
