@@ -99,7 +99,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, client
     import dask  # with distributed above
 
     # dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to their workers; with torch's large short-lived
-    # tensors that makes every step page-fault its memory back in (measured: the SPS step 3x slower)
+    # tensors that makes every step page-fault its memory back in (glibc returns freed pages to the system)
     env = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
            if k != "MALLOC_TRIM_THRESHOLD_"}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
@@ -232,52 +232,12 @@ def run_members(client, spec: dict, observed: dict, todo: dict[int, bytes | None
     futs = {k: client.submit(train_member, spec, obs_f, k, state, key=f"popsed-member-{k}-{tag}",
                              retries=int(retries), pure=False)
             for k, state in sorted(todo.items())}
-    current: dict[int, str] = {}
-    n_attempts: dict[int, int] = {}
-    held_done: dict[int, dict] = {}
-
-    def handle(m: dict) -> Iterator[tuple]:
-        k = int(m["member"])
-        if m["kind"] == "attempt":
-            n_attempts[k] = n_attempts.get(k, 0) + 1
-            if k in current and current[k] != m["attempt"]:
-                held_done.pop(k, None)
-                current[k] = m["attempt"]
-                yield ("retry", k, int(m["from_step"]), n_attempts[k])
-            current[k] = m["attempt"]
-            return
-        if current.get(k) != m["attempt"]:
-            return  # a superseded attempt (e.g. a worker presumed lost that still ran)
-        ev = m["event"]
-        if ev["event"] == "member_done":
-            held_done[k] = ev  # released with the result, after the flow is written
-            return
-        prev = m.get("preview")
-        if prev is not None:
-            prev = {"step": prev["step"], "mag": np.frombuffer(prev["mag"], dtype="<f8").reshape(prev["shape"])}
-        yield ("event", ev, prev, m.get("checkpoint"))
-
+    attempts = _Attempts()
     try:
         while futs:
             for m in _drain(q, poll):
-                yield from handle(m)
-            for k, f in list(futs.items()):
-                if f.status == "finished":
-                    for m in _drain(q, 0.05):
-                        yield from handle(m)
-                    data = f.result()
-                    del futs[k]
-                    yield ("result", k, data, held_done.pop(k, None))
-                elif f.status in ("error", "cancelled", "lost"):
-                    for m in _drain(q, 0.05):
-                        yield from handle(m)
-                    try:
-                        exc = f.exception(timeout=5)
-                        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                    except Exception as e2:  # cancelled
-                        text = f"task {f.status} ({type(e2).__name__})"
-                    del futs[k]
-                    yield ("failed", k, text, max(1, n_attempts.get(k, 0)))
+                yield from attempts.handle(m)
+            yield from _collect_finished(futs, q, attempts)
             if stop_requested is not None and stop_requested():
                 raise KeyboardInterrupt
     finally:
@@ -287,3 +247,56 @@ def run_members(client, spec: dict, observed: dict, todo: dict[int, bytes | None
             obs_f.release()
         except Exception:
             pass
+
+
+class _Attempts:
+    """The current attempt of every member: messages of superseded attempts are dropped, a new attempt
+    voids the earlier one's events (``("retry", ...)``)."""
+
+    def __init__(self):
+        self.current: dict[int, str] = {}
+        self.n: dict[int, int] = {}
+        self.held_done: dict[int, dict] = {}
+
+    def handle(self, m: dict) -> Iterator[tuple]:
+        k = int(m["member"])
+        if m["kind"] == "attempt":
+            self.n[k] = self.n.get(k, 0) + 1
+            if k in self.current and self.current[k] != m["attempt"]:
+                self.held_done.pop(k, None)
+                self.current[k] = m["attempt"]
+                yield ("retry", k, int(m["from_step"]), self.n[k])
+            self.current[k] = m["attempt"]
+            return
+        if self.current.get(k) != m["attempt"]:
+            return  # a superseded attempt (e.g. a worker presumed lost that still ran)
+        ev = m["event"]
+        if ev["event"] == "member_done":
+            self.held_done[k] = ev  # released with the result, after the flow is written
+            return
+        prev = m.get("preview")
+        if prev is not None:
+            prev = {"step": prev["step"], "mag": np.frombuffer(prev["mag"], dtype="<f8").reshape(prev["shape"])}
+        yield ("event", ev, prev, m.get("checkpoint"))
+
+
+def _collect_finished(futs: dict, q, attempts: _Attempts) -> Iterator[tuple]:
+    """``("result", ...)`` / ``("failed", ...)`` of the member tasks that ended (removed from ``futs``), after
+    the messages they sent."""
+    for k, f in list(futs.items()):
+        if f.status == "finished":
+            for m in _drain(q, 0.05):
+                yield from attempts.handle(m)
+            data = f.result()
+            del futs[k]
+            yield ("result", k, data, attempts.held_done.pop(k, None))
+        elif f.status in ("error", "cancelled", "lost"):
+            for m in _drain(q, 0.05):
+                yield from attempts.handle(m)
+            try:
+                exc = f.exception(timeout=5)
+                text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            except Exception as e2:  # cancelled
+                text = f"task {f.status} ({type(e2).__name__})"
+            del futs[k]
+            yield ("failed", k, text, max(1, attempts.n.get(k, 0)))
