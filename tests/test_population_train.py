@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from engine.population.config import TrainConfig
 from engine.population.flow import FlowConfig
 from engine.population.noise import NoiseModel
+from engine.population.observed import prepare_observed
 from engine.population.selection import parse_selection, selection_mask
 from engine.population.toy import ToyForwardModel, make_toy_catalog
-from engine.population.config import TrainConfig
-from engine.population.observed import prepare_observed
 from engine.population.trainer import Trainer
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,11 +1,12 @@
 """``popsed fit`` and ``popsed summary``."""
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 from engine.errors import PopsedError, RunDirError
+
+from .api import fit
+from .run import Run, dumps
 
 
 def add_subparser(sub) -> None:
@@ -75,9 +76,6 @@ def add_subparser(sub) -> None:
 
 
 def _cmd_fit(args) -> int:
-    # lazy: the parser is built for every `popsed` command, which must not import torch
-    from .api import fit
-
     if args.resume and args.overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
     if args.workers is not None and args.scheduler:
@@ -145,13 +143,9 @@ def format_summary(s: dict, cfg: dict | None = None) -> str:
 
 
 def _cmd_summary(args) -> int:
-    from .run import Run  # lazy: as fit above
-
     run = Run(args.run)
     s = run.summary()
     if args.json:
-        from .run import dumps  # lazy: as fit above
-
         print(dumps(s, indent=1))
     else:
         print(format_summary(s, run.config))

@@ -19,7 +19,7 @@ from .flow import FlowConfig
 from .losses import LOSSES, BlurSchedule
 from .run import FORMAT_VERSION
 
-__all__ = ["TrainConfig", "FitOptions", "FitSpec", "LEGACY", "LEGACY_BY_FORMAT", "split_fit_kwargs"]
+__all__ = ["LEGACY", "LEGACY_BY_FORMAT", "FitOptions", "FitSpec", "TrainConfig", "split_fit_kwargs"]
 
 
 #: per run format version: the value of a TrainConfig field for runs of that format written before the field
@@ -100,7 +100,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, format_version: int = FORMAT_VERSION) -> "TrainConfig":
+    def from_dict(cls, d: dict, format_version: int = FORMAT_VERSION) -> TrainConfig:
         """From ``config.json``'s ``train`` of a run of format ``format_version``; a config written before a
         field existed keeps the behaviour it was trained with (:data:`LEGACY_BY_FORMAT`), not today's
         default."""
@@ -204,11 +204,11 @@ def split_fit_kwargs(kwargs: dict, options: FitOptions | None = None, spec: FitS
     opts = {k: v for k, v in kwargs.items() if k in opt_names}
     sp = {k: v for k, v in kwargs.items() if k in spec_names}
     rest = {k: v for k, v in kwargs.items() if k not in opt_names and k not in spec_names}
-    options = FitOptions(**{**(asdict_shallow(options) if options else {}), **opts})
-    spec = FitSpec(**{**(asdict_shallow(spec) if spec else {}), **sp})
+    options = FitOptions(**{**(_shallow_dict(options) if options else {}), **opts})
+    spec = FitSpec(**{**(_shallow_dict(spec) if spec else {}), **sp})
     return rest, options, spec
 
 
-def asdict_shallow(obj) -> dict:
+def _shallow_dict(obj) -> dict:
     """A dataclass's fields as a dict, without copying their values (``dataclasses.asdict`` deep-copies)."""
     return {f.name: getattr(obj, f.name) for f in fields(obj)}

@@ -32,7 +32,8 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ from .selection import parse_selection
 from .stream import StreamingTrainer, StreamOptions
 from .trainer import Trainer
 
-__all__ = ["open_client", "train_member", "build_trainer", "run_members", "state_to_bytes", "state_from_bytes"]
+__all__ = ["build_trainer", "open_client", "run_members", "state_from_bytes", "state_to_bytes", "train_member"]
 
 
 # ---------------------------------------------------------------------------------------------- serialisation

@@ -5,8 +5,8 @@ the run directory; both yield the events as they are written to ``history.jsonl`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 

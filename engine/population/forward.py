@@ -7,8 +7,9 @@ from its description (:func:`make_forward_model`), and the device it runs on (:f
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 

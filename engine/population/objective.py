@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from .selection import Cut
 if TYPE_CHECKING:  # annotations only
     from .config import TrainConfig
 
-__all__ = ["Featurizer", "Objective", "TRAIN_LOSSES", "whitening_matrix"]
+__all__ = ["TRAIN_LOSSES", "Featurizer", "Objective", "whitening_matrix"]
 
 
 class Featurizer:
@@ -59,7 +60,7 @@ class Featurizer:
         return np.concatenate(cols, axis=1)
 
     @classmethod
-    def fit(cls, flux, softening, colours=False, z=None, z_weight: float = 1.0) -> "Featurizer":
+    def fit(cls, flux, softening, colours=False, z=None, z_weight: float = 1.0) -> Featurizer:
         """Standardise on ``flux`` (and ``z``); the redshift column is then multiplied by ``z_weight``.
 
         Random projection directions give each standardised column a share of the distance proportional to

@@ -17,7 +17,7 @@ from engine.errors import PopsedError
 
 from .selection import Cut, selection_mask
 
-__all__ = ["Observed", "usable_rows", "prepare_observed", "load_catalog", "CatalogSubset", "want_stream"]
+__all__ = ["CatalogSubset", "Observed", "load_catalog", "prepare_observed", "usable_rows", "want_stream"]
 
 
 @dataclass

@@ -41,7 +41,7 @@ from .run import (
 )
 from .trainer import MemberState, Trainer, cpu_state, ensemble_report
 
-__all__ = ["RunDir", "UV_EDGE_AA", "optical_only_note", "summary_dict", "versions"]
+__all__ = ["UV_EDGE_AA", "RunDir", "optical_only_note", "summary_dict", "versions"]
 
 #: Bluest effective wavelength [Å] above which a fit's bands see no ultraviolet (SDSS u: 3590 Å).
 UV_EDGE_AA = 3000.0
