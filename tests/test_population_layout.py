@@ -125,3 +125,22 @@ def test_engine_has_no_import_cycles():
         "engine.population.forward" in graph["engine.population.distributed"]
     assert "engine.population.api" not in graph["engine.population.distributed"]
     assert import_cycles(graph) == []
+
+
+def test_config_objects_and_keywords_give_the_same_fit(tmp_path, one_torch_thread):
+    from engine.population import fit
+    from engine.population.flow import FlowConfig
+    from engine.population.toy import make_toy_catalog
+
+    cat = make_toy_catalog(300, seed=1)[0]
+    flow = FlowConfig(layers=2, hidden=8, bins=4)
+    a = fit(cat, tmp_path / "a", members=1, steps=6, batch=64, flow=flow, val_every=3, population_samples=50,
+            selection="toy-r<20.5", forward=ToyForwardModel(), checkpoint_every=2)
+    b = fit(cat, tmp_path / "b", TrainConfig(members=1, steps=6, batch=64, flow=flow, val_every=3, population_samples=50),
+            FitOptions(checkpoint_every=2), FitSpec(selection="toy-r<20.5", forward=ToyForwardModel()))
+    la = [e["train_loss"] for e in a.history() if e["event"] == "step"]
+    lb = [e["train_loss"] for e in b.history() if e["event"] == "step"]
+    assert len(la) == 6 and la == lb
+    assert a.config["train"] == b.config["train"] and a.config["selection"] == b.config["selection"]
+    with pytest.raises(ValueError, match="both in config and as keywords: steps"):
+        fit(cat, tmp_path / "c", TrainConfig(members=1), steps=3, forward=ToyForwardModel())
