@@ -40,7 +40,7 @@ def fwd_bwd_rates(models: dict, theta: torch.Tensor, repeats: int) -> dict[str, 
 
 def main(argv=None) -> int:
     from engine.emulator import default_emulator_path, load
-    from engine.emulator.train import uniform_theta
+    from engine.emulator.dataset import uniform_theta
     from engine.runtime import tune_cpu_allocator
 
     tuned = tune_cpu_allocator()  # for both models alike (see engine/runtime.py)

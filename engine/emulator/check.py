@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from engine.emulator.train import uniform_theta
+from engine.emulator.dataset import uniform_theta
 
 Z_BINS = (0.0, 0.1, 0.2, 0.3, 0.45, 0.65)
 MAG_BINS = (10.0, 18.0, 20.0, 22.0, 23.5, 25.0)

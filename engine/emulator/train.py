@@ -1,10 +1,6 @@
 """Training an emulator: a training set from the direct SPS over the full box, then the two networks.
 
-A training row is drawn from θ uniform over the whole parameter box (fits explore all of it, not just a
-mock population).  Of θ the networks need only (z, τ1, τ2, n_dust) and a burst age; the burst age is
-drawn log-uniformly between 10 Myr and the age of the Universe at z (from θ's ``t_burst`` coordinate, so
-one uniform θ row is one training row), because the young-burst spectra change fastest and a burst
-older than the Universe never contributes.  The SPS computes, for each row, h = −2.5 log10 of the band
+The training set (:mod:`engine.emulator.dataset`) draws θ uniform over the whole parameter box.  The SPS computes, for each row, h = −2.5 log10 of the band
 luminosity of every (metallicity node, SFH basis, band) and of the burst at every (metallicity node, band)
 (:meth:`engine.sps.SPSModel.basis_band_luminosities`, :meth:`~engine.sps.SPSModel.burst_band_luminosities`).
 
@@ -16,7 +12,6 @@ standardised h, censored above :data:`~engine.emulator.model.H_CLIP`.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -26,48 +21,11 @@ import torch
 
 from engine.emulator.model import (CONSTANTS, H_CLIP, N_BASES, N_WINDOWS, SED_RANGE, ComponentInputs, Emulator,
                                    burst_sed_features)
+from engine.emulator.dataset import sps_training_set, training_burst_age
 from engine.emulator.network import SpeculatorMLP
 from engine.sps import sfh as sfh_mod
 from engine.sps.model import metallicity_nodes, metallicity_weights, resolve_device
 from engine.sps.params import DEFAULT_Z_MAX, IDX, param_bounds
-
-
-def uniform_theta(bounds: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """θ uniform over the box ``bounds`` (D, 2), float64 on the CPU."""
-    b = bounds.detach().cpu().double()
-    return b[:, 0] + (b[:, 1] - b[:, 0]) * torch.rand(n, b.shape[0], generator=generator, dtype=torch.float64)
-
-
-def training_burst_age(theta: torch.Tensor, t_age_gyr: torch.Tensor, z_max: float = DEFAULT_Z_MAX) -> torch.Tensor:
-    """The burst age [Gyr] of a training row: θ's ``t_burst`` coordinate mapped log-uniformly onto
-    [10 Myr, t_age(z)]."""
-    lo, hi = param_bounds(z_max)["t_burst"]
-    u = ((theta[:, IDX["t_burst"]] - lo) / (hi - lo)).clamp(0.0, 1.0)
-    l_lo = math.log10(lo)
-    return torch.pow(10.0, l_lo + u * (torch.log10(t_age_gyr.to(theta.dtype)) - l_lo))
-
-
-def sps_targets(sps, theta: torch.Tensor, batch: int = 20000, progress: bool = True) -> torch.Tensor:
-    """Targets of the rows ``theta`` (N, D): h of the bases (n_Z·4·B values) then of the burst at the row's
-    metallicity (B values), (N, (4·n_Z + 1)·B), float64 on the CPU, clipped at ``H_CLIP``."""
-    from tqdm.auto import tqdm
-
-    out = []
-    step = max(1, batch // 8)  # the per-component spectra are ~30x a galaxy's: smaller batches
-    it = range(0, theta.shape[0], step)
-    for s in tqdm(it, desc="SPS training set", unit="batch", disable=not progress, file=sys.stderr):
-        th = theta[s:s + step].to(device=sps.device, dtype=sps.dtype)
-        z = th[:, IDX["z"]]
-        with torch.no_grad():
-            t_b = training_burst_age(th, sps.cosmo.age_gyr(z), sps.z_max)
-            lum = sps.basis_band_luminosities(z, th[:, IDX["tau1"]], th[:, IDX["tau2"]], th[:, IDX["n_dust"]])
-            lum_b = sps.burst_band_luminosities(z, th[:, IDX["tau2"]], th[:, IDX["n_dust"]], t_b)
-            w_z = metallicity_weights(th[:, IDX["log_zmet"]], sps.zmet_grid)[2]
-            lum_b = torch.einsum("nk,nkb->nb", w_z, lum_b)  # the burst at the row's metallicity
-            y = torch.cat([lum.reshape(th.shape[0], -1), lum_b], 1).double()
-            h = -2.5 * torch.log10(y.clamp(min=1e-300))
-        out.append(torch.nan_to_num(h, nan=H_CLIP, posinf=H_CLIP).clamp(max=H_CLIP).cpu())
-    return torch.cat(out)
 
 
 def burst_sed_table(sps, n_windows: int = N_WINDOWS, wave_range: tuple[float, float] = SED_RANGE) -> dict:
@@ -115,9 +73,9 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
     """Fit a :class:`SpeculatorMLP` to standardised targets with a cosine learning-rate decay.
 
     The decay runs over ``epochs`` epochs, or over ``max_minutes`` of wall time when that is given,
-    whichever ends first: the learning rate always reaches its floor at the end of training (a time budget
-    longer than ``epochs`` used to stop with the rate still high).  Returns ``(net, y_mean, y_std, history, val_rmse)``; ``val_rmse``
-    is the root-mean-square error in h [mag] over the uncensored validation values.
+    whichever ends first: the learning rate always reaches its floor at the end of training.  Returns
+    ``(net, y_mean, y_std, history, val_rmse)``; ``val_rmse`` is the root-mean-square error in h [mag] over
+    the uncensored validation values.
     """
     device = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
@@ -210,7 +168,6 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
     generation out over dask (:mod:`engine.emulator.dataset`).
     """
     from engine import __version__
-    from engine.emulator.dataset import sps_training_set
     from engine.emulator.model import resolve_cosmology
     from engine.sps import SPSModel
 
