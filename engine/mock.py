@@ -36,6 +36,7 @@ import torch
 from scipy import stats
 
 from engine.errors import PopsedError
+from engine.sps.params import KAPPA_NAMES
 
 #: Baldry et al. (2012) double Schechter parameters (h = 0.7).
 BALDRY12 = dict(log_mstar_char=10.66, phi1=3.96e-3, alpha1=-0.35, phi2=0.79e-3, alpha2=-1.47)
@@ -195,7 +196,7 @@ class MockSurvey:
         theta[:, col["z"]] = zz
         theta[:, col["log_mstar"]] = 7.0
         theta[:, col["t_burst"]], theta[:, col["log_zmet"]], theta[:, col["f_burst"]] = cc[:, 0], cc[:, 1], cc[:, 2]
-        theta[:, col["kappa1"]], theta[:, col["kappa2"]], theta[:, col["kappa3"]] = cc[:, 3], cc[:, 4], cc[:, 5]
+        theta[:, [col[k] for k in KAPPA_NAMES]] = cc[:, 3:]
         theta[:, col["n_dust"]] = 0.0
         with torch.no_grad():
             mag = self.model.magnitudes(torch.as_tensor(theta, dtype=self.model.dtype)).double().cpu().numpy()

@@ -12,6 +12,8 @@ import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend and its options)
 from holoviews.operation.datashader import rasterize
 
+from engine.sps.params import KAPPA_NAMES
+
 hv.renderer("bokeh")
 hv.Store.set_current_backend("bokeh")  # also builds hv.opts.<Element> for the bokeh backend
 
@@ -27,9 +29,7 @@ TRUTH_COLOR = "#1f77b4"
 LABELS = {
     "z": "redshift z",
     "log_mstar": "log M* [M☉]",
-    "kappa1": "κ1",
-    "kappa2": "κ2",
-    "kappa3": "κ3",
+    **{k: f"κ{i}" for i, k in enumerate(KAPPA_NAMES, start=1)},
     "t_burst": "t_burst [Gyr]",
     "f_burst": "f_burst",
     "log_zmet": "log Z/Z☉",

@@ -12,6 +12,7 @@ import holoviews as hv
 import panel as pn
 import param
 
+from engine.sps.params import BASE_BOUNDS
 from popsed_viz import plots as P
 from popsed_viz.base import L, RunView
 
@@ -211,7 +212,7 @@ class PopulationView(RunView):
             return self._ranges[name]
         pop = self._population()
         fallback = {"z": (0.0, self.param.z_range.bounds[1]), "log_mstar": (8.0, 12.0), SFR: (-4.0, 2.0),
-                    "log_zmet": (-2.3, 0.4)}.get(name, (0.0, 1.0))
+                    "log_zmet": BASE_BOUNDS["log_zmet"]}.get(name, (0.0, 1.0))
         if pop is None or name not in pop or len(pop) == 0:
             return fallback
         v = pop[name].to_numpy()

@@ -70,14 +70,13 @@ from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves, bump_strength, tau_ism_at, tau_ism_from_factors
 from engine.sps.model import DERIVED_NAMES, ln_flux_scale_at, metallicity_nodes, resolve_device
-from engine.sps.params import IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
+from engine.sps.params import IDX, KAPPA_SLICE, N_SFH_BASES, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 
 FORMAT = "popsed-emulator"
 FORMAT_VERSION = 2
 #: h = −2.5 log10(L per M☉ formed [1e20 erg/s/Hz]) beyond which a component is censored in training.
 #: Typical h is 3–15; a component at h = 60 is ~10¹⁸ times fainter than a galaxy of the same mass.
 H_CLIP = 60.0
-N_BASES = 4
 #: Names of the SSP constants stored in the file (the exact part of the model needs them).
 CONSTANTS = ("age_edges_gyr", "live_frac", "ssp_log_ages", "ssp_live", "zmet_grid", "sed_windows", "sed_table",
              "sed_mean", "sed_std")
@@ -339,7 +338,7 @@ class Emulator:
         self._band_index = list(range(len(all_bands))) if band_index is None else list(band_index)
         self.bands: tuple[str, ...] = tuple(all_bands[i] for i in self._band_index)
         n_all = len(all_bands)
-        rows = {"basis": [(k * N_BASES + i) * n_all + b for k in range(self.n_z) for i in range(N_BASES)
+        rows = {"basis": [(k * N_SFH_BASES + i) * n_all + b for k in range(self.n_z) for i in range(N_SFH_BASES)
                           for b in self._band_index], "burst": self._band_index}
         self._ln_nets = {k: ln_luminosity_net(net, *norms[k], rows[k]).to(device=self.device, dtype=dtype)
                          for k, net in nets.items()}
@@ -387,7 +386,7 @@ class Emulator:
         ln_basis = self._basis_pairs(h, k_z)
         sed = burst_sed_features(self.sed_table, k_z, a_z, k_b, a_b, self.sed_mean, self.sed_std)
         ln_burst = self._ln_nets["burst"](self.inputs.burst(z, tau2, n_dust, t_burst, log_zmet, sed, dust))
-        return ln_basis.view(n, 2, N_BASES, len(self.bands)), ln_burst
+        return ln_basis.view(n, 2, N_SFH_BASES, len(self.bands)), ln_burst
 
     def _dust_columns(self, zt: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor) -> torch.Tensor:
         """:meth:`ComponentInputs.dust` from the rows ``zt`` of :func:`redshift_table` interpolated at each galaxy's z."""
@@ -408,7 +407,7 @@ class Emulator:
         k_t, a_t = self.cosmo.interp_index(z)
         zt = torch.lerp(self._z_table[k_t], self._z_table[k_t + 1], a_t.unsqueeze(1))
         t_age, d_l = zt[:, 0], zt[:, 1]
-        beta = sfh_mod.stick_breaking(theta[:, IDX["kappa1"]:IDX["kappa3"] + 1])
+        beta = sfh_mod.stick_breaking(theta[:, KAPPA_SLICE])
         f = c["f_burst"] * sfh_mod.burst_active(c["t_burst"], t_age)
         t_b = torch.minimum(c["t_burst"], t_age)  # the burst's age when active; irrelevant (f = 0) otherwise
         k_b, a_b = sfh_mod.burst_interpolation(t_b, self.ssp_log_ages)
@@ -421,7 +420,7 @@ class Emulator:
         w2 = w_node.unsqueeze(2) * beta.unsqueeze(1)  # (N, 2, 4)
         g = 1.0 - f
         n, n_b = ln_lum_b.shape
-        band = weighted_exp_sum(ln_lum2.reshape(n, 2 * N_BASES, n_b), g.unsqueeze(1) * w2.reshape(n, 2 * N_BASES)) \
+        band = weighted_exp_sum(ln_lum2.reshape(n, 2 * N_SFH_BASES, n_b), g.unsqueeze(1) * w2.reshape(n, 2 * N_SFH_BASES)) \
             + f.unsqueeze(1) * torch.exp(ln_lum_b)
         # surviving mass at those two nodes only: the smooth bases' z table and the burst's SSP ages
         k_t = k_t.unsqueeze(1)
@@ -506,7 +505,7 @@ def save(path: str | Path, emulator: Emulator) -> Path:
 
 def expected_shapes(n_z: int, n_bands: int) -> dict[str, tuple[int, int]]:
     """(n_in, n_out) of each network for ``n_z`` metallicity nodes and ``n_bands`` bands."""
-    return {"basis": (5 + n_bands, n_z * N_BASES * n_bands), "burst": (6 + n_bands + N_WINDOWS, n_bands)}
+    return {"basis": (5 + n_bands, n_z * N_SFH_BASES * n_bands), "burst": (6 + n_bands + N_WINDOWS, n_bands)}
 
 
 def load(path: str | Path, device=None, bands: Sequence[str] | None = None,

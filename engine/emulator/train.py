@@ -19,13 +19,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine.emulator.model import (CONSTANTS, H_CLIP, N_BASES, N_WINDOWS, SED_RANGE, ComponentInputs, Emulator,
+from engine.emulator.model import (CONSTANTS, H_CLIP, N_WINDOWS, SED_RANGE, ComponentInputs, Emulator,
                                    burst_sed_features)
 from engine.emulator.dataset import sps_training_set, training_burst_age
 from engine.emulator.network import SpeculatorMLP
 from engine.sps import sfh as sfh_mod
 from engine.sps.model import metallicity_nodes, metallicity_weights, resolve_device
-from engine.sps.params import DEFAULT_Z_MAX, IDX, param_bounds
+from engine.sps.params import DEFAULT_Z_MAX, IDX, N_SFH_BASES, param_bounds
 
 
 def burst_sed_table(sps, n_windows: int = N_WINDOWS, wave_range: tuple[float, float] = SED_RANGE) -> dict:
@@ -179,7 +179,7 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
         log(f"training set: {n_train} rows from the SPS in {t_gen:.0f} s")
     lam = [f.effective_wavelength for f in sps.filters]
     n_b, n_z = len(sps.bands), sps.n_z
-    n_basis = n_z * N_BASES * n_b
+    n_basis = n_z * N_SFH_BASES * n_b
     inputs = ComponentInputs(z_max, lam, dtype=torch.float64)
     constants = {"age_edges_gyr": sps.age_edges_gyr, "live_frac": sps.live_frac, "ssp_log_ages": sps.ssp_log_ages,
                  "ssp_live": sps.ssp_live, "zmet_grid": sps.zmet_grid}

@@ -23,7 +23,7 @@ import torch
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves
-from engine.sps.params import DEFAULT_Z_MAX, IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
+from engine.sps.params import DEFAULT_Z_MAX, IDX, KAPPA_SLICE, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
 from engine.sps.photometry import MPC_CM, NANOMAGGY_CGS, Filter, bin_average_response, load_filter, response_norm
 from engine.sps.ssp import LNU_UNIT, SSPGrid, load_ssp_grid
 
@@ -235,7 +235,7 @@ class SPSModel:
         """Per-galaxy ingredients: age of the Universe, β, age-bin and Z weights, formed mass."""
         c = {name: theta[:, i] for name, i in IDX.items()}
         t_age = self.cosmo.age_gyr(c["z"])
-        beta = sfh_mod.stick_breaking(theta[:, IDX["kappa1"]:IDX["kappa3"] + 1])
+        beta = sfh_mod.stick_breaking(theta[:, KAPPA_SLICE])
         f_eff = c["f_burst"] * sfh_mod.burst_active(c["t_burst"], t_age)
         w_age = (1.0 - f_eff).unsqueeze(1) * sfh_mod.smooth_bin_weights(beta, t_age, self.age_edges_gyr)
         kz, az, w_z = self._zmet_interp(c["log_zmet"])

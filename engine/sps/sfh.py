@@ -34,12 +34,15 @@ import math
 
 import torch
 
+from engine.sps.params import SFH_BASIS_NAMES
+
 #: Shape constants of the bases (fractions of t_age).
 EARLY_SCALE = 0.1
 DECLINE_SCALE = 0.3
 RISE_SCALE = 0.3
 
-BASIS_NAMES: tuple[str, ...] = ("early", "declining", "constant", "rising")
+#: Names of the bases, in the order of β (one list for the whole project: :mod:`engine.sps.params`).
+BASIS_NAMES: tuple[str, ...] = SFH_BASIS_NAMES
 
 
 def stick_breaking(kappa: torch.Tensor) -> torch.Tensor:
