@@ -34,9 +34,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the browser helpers live with the browser tests
 
-from popsed_viz.testing import (AppServer, JSErrorLog, launch_browser, plot_data_signature,  # noqa: E402
-                                wait_for_plots)
+from browser import AppServer, JSErrorLog, launch_browser, plot_data_signature, wait_for_plots  # noqa: E402
 
 SFMS = "Star-forming main sequence"
 
