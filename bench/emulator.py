@@ -10,9 +10,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
-from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

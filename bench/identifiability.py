@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from recovery import w1_over_sd  # noqa: E402  (bench/ is on the path when this script runs)
 
+
 def make_twin(theta: np.ndarray, f0: np.ndarray, names: list[str], bounds: dict, flux_at, r_index: int, grey: float,
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The dust-mass twin of ``theta`` (N, P): new tau2 for grey galaxies, mass rescaled to keep r's flux.
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
         "twin_vs_truth_w1_over_sd": {p: float(np.mean(v)) for p, v in w.items()},
         "twin_colour_change_mag": {f"{a_}-{b_}": {"median_abs": float(np.median(np.abs(dcol[:, i]))),
                                                   "p99_abs": float(np.percentile(np.abs(dcol[:, i]), 99))}
-                                   for i, (a_, b_) in enumerate(zip(bands[:-1], bands[1:]))},
+                                   for i, (a_, b_) in enumerate(zip(bands[:-1], bands[1:], strict=True))},
         "catalog_median_mag_err": {b: float(mag_err[i]) for i, b in enumerate(bands)},
         "log_mstar_shift_of_moved": {"median": float(np.median((theta_twin - theta)[moved, names.index("log_mstar")])),
                                      "p95": float(np.percentile((theta_twin - theta)[moved, names.index("log_mstar")], 95))},

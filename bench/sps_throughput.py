@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -51,7 +50,12 @@ def time_ours(model, n: int, repeats: int, seed: int = 0) -> float:
 
 
 def time_bagpipes(model, n: int) -> float:
-    from bagpipes_reference import bagpipes_components, import_bagpipes, random_comparison_theta, write_filter_files
+    from bagpipes_reference import (
+        bagpipes_components,
+        import_bagpipes,
+        random_comparison_theta,
+        write_filter_files,
+    )
 
     pipes = import_bagpipes(high_resolution=False)
     theta = random_comparison_theta(model, n, seed=3)

@@ -49,7 +49,7 @@ class EmulatorStandIn:
         self.bounds = torch.tensor([b[n] for n in PARAM_NAMES], device=device)
         g = torch.Generator().manual_seed(0)
         dims = [11, 256, 256, 256, 256, len(BANDS)]
-        self.w = [(torch.randn(i, o, generator=g) / i**0.5).to(device) for i, o in zip(dims[:-1], dims[1:])]
+        self.w = [(torch.randn(i, o, generator=g) / i**0.5).to(device) for i, o in zip(dims[:-1], dims[1:], strict=True)]
         self.b = [torch.zeros(o, device=device) for o in dims[1:]]
         self.beta = [torch.ones(o, device=device) for o in dims[1:-1]]
 
@@ -57,7 +57,7 @@ class EmulatorStandIn:
         import torch
 
         x = 2 * (theta - self.bounds[:, 0]) / (self.bounds[:, 1] - self.bounds[:, 0]) - 1
-        for i, (w, b) in enumerate(zip(self.w, self.b)):
+        for i, (w, b) in enumerate(zip(self.w, self.b, strict=True)):
             x = x @ w + b
             if i < len(self.beta):
                 x = (0.5 + 0.5 * torch.sigmoid(self.beta[i] * x)) * x

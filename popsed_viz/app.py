@@ -17,9 +17,16 @@ import panel as pn
 import param
 from panel.theme.fast import Fast
 
-from popsed_viz.base import C, L, as_reader
-from popsed_viz.jobs import (DEFAULT_FIT, FitJob, default_runs_dir, new_run_dir, safe_filename, sample_catalog,
-                             sample_run_dir)
+from popsed_viz.base import C, L
+from popsed_viz.jobs import (
+    DEFAULT_FIT,
+    FitJob,
+    default_runs_dir,
+    new_run_dir,
+    safe_filename,
+    sample_catalog,
+    sample_run_dir,
+)
 from popsed_viz.monitor import TrainingMonitor
 from popsed_viz.photometry import PhotometryView
 from popsed_viz.population import PopulationView
@@ -280,7 +287,7 @@ class Dashboard(param.Parameterized):
 
     # ----------------------------------------------------------------- layout
     def _alert(self, text_param, level_param, css="popsed-status"):
-        return pn.bind(lambda t, l: pn.pane.Alert(t, alert_type=l or "info", visible=bool(t), margin=(5, 5),
+        return pn.bind(lambda t, lvl: pn.pane.Alert(t, alert_type=lvl or "info", visible=bool(t), margin=(5, 5),
                                                   css_classes=[css]),
                        text_param, level_param)
 
@@ -351,7 +358,6 @@ def warm_up(run=None) -> float:
     """Server start-up: build and render one dashboard of the default run (all
     tabs), so that imports, datashader's numba kernels and the run's files are
     ready before the first browser session; returns the seconds it took."""
-    import time
 
     from bokeh.document import Document
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import math
 import time
 
+import holoviews as hv
 import numpy as np
 import pandas as pd
-import holoviews as hv
 import panel as pn
 import param
 
 from popsed_viz import plots as P
 from popsed_viz.base import L, RunView
-from popsed_viz.reader import STEP_COLUMNS, steps_frame
+from popsed_viz.reader import steps_frame
 
 __all__ = ["TrainingMonitor", "format_duration"]
 

@@ -7,8 +7,8 @@ refreshes when those files change (:meth:`refresh` / :meth:`start_watching`).
 """
 from __future__ import annotations
 
-import numpy as np
 import holoviews as hv
+import numpy as np
 import panel as pn
 import param
 

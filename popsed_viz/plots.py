@@ -7,9 +7,9 @@ and 1-D distributions as normalised histograms (:func:`histogram`).
 """
 from __future__ import annotations
 
-import numpy as np
 import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend and its options)
+import numpy as np
 from holoviews.operation.datashader import rasterize
 
 from engine.sps.params import KAPPA_NAMES

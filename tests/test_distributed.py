@@ -6,7 +6,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -190,8 +189,7 @@ def test_cli_fit_on_a_scheduler_and_resume(tmp_path, cat, cluster):
 
 def test_emulator_training_set_is_the_same_on_any_number_of_workers(cluster):
     """Chunked SPS training sets: bit-identical sequentially, chunked on 2 workers, and as before."""
-    from engine.emulator.dataset import sps_training_set
-    from engine.emulator.dataset import sps_targets, uniform_theta
+    from engine.emulator.dataset import sps_targets, sps_training_set, uniform_theta
     from engine.sps import SPSModel
 
     sps = SPSModel(["sdss2010-u", "sdss2010-r"], device="cpu")

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SDSS_BANDS, uniform_theta
 from engine.emulator import default_emulator_path, load, save
 from engine.emulator.network import SpeculatorActivation
 from engine.errors import ModelFileError
+
+from conftest import SDSS_BANDS, uniform_theta
 
 SHIPPED = default_emulator_path()
 

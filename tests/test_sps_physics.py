@@ -8,9 +8,10 @@ import pytest
 import torch
 from scipy import stats
 
-from conftest import SDSS_BANDS, uniform_theta
 from engine.sps import sfh as sfh_mod
 from engine.sps.dust import DustCurves, calzetti_k
+
+from conftest import SDSS_BANDS, uniform_theta
 
 
 # ---------------------------------------------------------------- dust
@@ -171,14 +172,14 @@ def test_flux_scales_with_mass_and_matches_spectrum_integration(sdss_model):
     assert np.allclose(f2 / f, 10.0 ** (theta2[:, 1] - theta[:, 1]).numpy()[:, None], rtol=1e-9)
     # integrate the rest-frame spectrum through the filter with numpy: the fluxes agree
     wave, lnu = m64.spectrum(theta)
-    w, l = wave.numpy(), lnu.numpy()
+    w, lnu_np = wave.numpy(), lnu.numpy()
     z = theta[:, 0].numpy()
     dl_cm = m64.cosmo.cosmology.luminosity_distance(z).to_value("cm")
     for b, filt in enumerate(m64.filters):
         for i in range(len(z)):
             lo = w * (1 + z[i])
             r = np.interp(lo, filt.wave, filt.response, left=0, right=0)
-            fnu = (1 + z[i]) * np.trapezoid(l[i] * r / w, w) / np.trapezoid(filt.response / filt.wave, filt.wave)
+            fnu = (1 + z[i]) * np.trapezoid(lnu_np[i] * r / w, w) / np.trapezoid(filt.response / filt.wave, filt.wave)
             fnu /= 4 * math.pi * dl_cm[i] ** 2
             nmgy = fnu / 3.631e-29
             assert nmgy == pytest.approx(f[i, b], rel=0.01), (filt.name, z[i])
@@ -209,7 +210,7 @@ def test_gradients_reach_every_parameter(sdss_model):
     m.sum().backward()
     g = theta.grad.abs().mean(0)
     assert torch.isfinite(theta.grad).all()
-    assert bool((g > 0).all()), dict(zip(sdss_model.param_names, g.tolist()))
+    assert bool((g > 0).all()), dict(zip(sdss_model.param_names, g.tolist(), strict=True))
     # d mag / d log_mstar = -2.5 exactly
     assert torch.allclose(theta.grad[:, 1], torch.full((64,), -2.5 * 5), atol=1e-3)
 

@@ -17,6 +17,7 @@ from popsed_viz.jobs import FitJob, fit_command, safe_filename  # noqa: E402
 from popsed_viz.monitor import TrainingMonitor, format_duration  # noqa: E402
 from popsed_viz.photometry import PhotometryView  # noqa: E402
 from popsed_viz.population import PopulationView, converged_members, member_mask  # noqa: E402
+
 from synthetic_run import write_synthetic_run  # noqa: E402
 
 

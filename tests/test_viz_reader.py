@@ -7,6 +7,7 @@ import os
 import pytest
 
 from popsed_viz.reader import HistoryTail, RunReader, colour_pairs, steps_frame
+
 from synthetic_run import write_synthetic_run
 
 

@@ -51,9 +51,9 @@ def check_emulator(emu, n: int = 20000, seed: int = 12345, mag_max: float = 25.0
         ok = (m_sps[:, j] < mag_max) & (m_emu[:, j] < mag_max + 1) & np.isfinite(m_sps[:, j])
         d = np.abs(m_emu[:, j] - m_sps[:, j])
         entry = {"all": _stats(d[ok]), "z_bins": {}, "mag_bins": {}}
-        for lo, hi in zip(Z_BINS[:-1], Z_BINS[1:]):
+        for lo, hi in zip(Z_BINS[:-1], Z_BINS[1:], strict=True):
             entry["z_bins"][f"{lo}-{hi}"] = _stats(d[ok & (z >= lo) & (z < hi)])
-        for lo, hi in zip(MAG_BINS[:-1], MAG_BINS[1:]):
+        for lo, hi in zip(MAG_BINS[:-1], MAG_BINS[1:], strict=True):
             entry["mag_bins"][f"{lo}-{hi}"] = _stats(d[ok & (m_sps[:, j] >= lo) & (m_sps[:, j] < hi)])
         out["bands"][b] = entry
     t = theta[: min(n, 20000)]

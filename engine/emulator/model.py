@@ -70,7 +70,15 @@ from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves, bump_strength, tau_ism_at, tau_ism_from_factors
 from engine.sps.model import DERIVED_NAMES, ln_flux_scale_at, metallicity_nodes, resolve_device
-from engine.sps.params import IDX, KAPPA_SLICE, N_SFH_BASES, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
+from engine.sps.params import (
+    IDX,
+    KAPPA_SLICE,
+    N_SFH_BASES,
+    PARAM_NAMES,
+    param_bounds,
+    prepare_theta,
+    validate_theta,
+)
 
 FORMAT = "popsed-emulator"
 FORMAT_VERSION = 2

@@ -93,7 +93,7 @@ class InferenceMLP(nn.Module):
         act = [m for m in net.net if isinstance(m, SpeculatorActivation)]
         col_scale = None  # factor of the previous layer's output folded into this layer's weight columns
         self.n_hidden = len(act)
-        for i, (layer, a) in enumerate(zip(lin[:-1], act)):
+        for i, (layer, a) in enumerate(zip(lin[:-1], act, strict=True)):
             w, b = layer.weight.detach().double(), layer.bias.detach().double()
             if col_scale is not None:
                 w = w * col_scale.unsqueeze(0)

@@ -19,13 +19,20 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine.emulator.model import (CONSTANTS, H_CLIP, N_WINDOWS, SED_RANGE, ComponentInputs, Emulator,
-                                   burst_sed_features)
 from engine.emulator.dataset import sps_training_set, training_burst_age
+from engine.emulator.model import (
+    CONSTANTS,
+    H_CLIP,
+    N_WINDOWS,
+    SED_RANGE,
+    ComponentInputs,
+    Emulator,
+    burst_sed_features,
+)
 from engine.emulator.network import SpeculatorMLP
 from engine.sps import sfh as sfh_mod
-from engine.sps.model import metallicity_nodes, metallicity_weights, resolve_device
-from engine.sps.params import DEFAULT_Z_MAX, IDX, N_SFH_BASES, param_bounds
+from engine.sps.model import metallicity_nodes, resolve_device
+from engine.sps.params import DEFAULT_Z_MAX, IDX, N_SFH_BASES
 
 
 def burst_sed_table(sps, n_windows: int = N_WINDOWS, wave_range: tuple[float, float] = SED_RANGE) -> dict:
@@ -35,7 +42,7 @@ def burst_sed_table(sps, n_windows: int = N_WINDOWS, wave_range: tuple[float, fl
     wave = sps.wave.detach().double().cpu().numpy()
     lnu = sps._ssp_lnu_full.detach().double().cpu().reshape(sps.n_z, sps.n_ssp, -1)
     cols = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sel = torch.as_tensor((wave >= lo) & (wave < hi))
         if int(sel.sum()) == 0:
             raise ValueError(f"SED feature window {lo:.0f}-{hi:.0f} Å holds no wavelength bin of the SSP grid")

@@ -23,8 +23,23 @@ import torch
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves
-from engine.sps.params import DEFAULT_Z_MAX, IDX, KAPPA_SLICE, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
-from engine.sps.photometry import MPC_CM, NANOMAGGY_CGS, Filter, bin_average_response, load_filter, response_norm
+from engine.sps.params import (
+    DEFAULT_Z_MAX,
+    IDX,
+    KAPPA_SLICE,
+    PARAM_NAMES,
+    param_bounds,
+    prepare_theta,
+    validate_theta,
+)
+from engine.sps.photometry import (
+    MPC_CM,
+    NANOMAGGY_CGS,
+    Filter,
+    bin_average_response,
+    load_filter,
+    response_norm,
+)
 from engine.sps.ssp import LNU_UNIT, SSPGrid, load_ssp_grid
 
 #: Names of the derived quantities returned by :meth:`SPSModel.derived`.
