@@ -109,7 +109,10 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"  batch {r['n']:>7d}: {r['seconds']:.3f} s  {r['galaxies_per_s']:>10.0f} gal/s  "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB")
-        print(f"bagpipes model_galaxy.update: {bp * 1e3:.3f} ms/galaxy ({1 / bp:.0f} gal/s, n={args.bagpipes_n})")
+        print(
+            f"bagpipes model_galaxy.update: {bp * 1e3:.3f} ms/galaxy ({1 / bp:.0f} gal/s, "
+            f"n={args.bagpipes_n})"
+        )
         print(f"ratio (best batch / bagpipes): {out['ratio_best_batch_vs_bagpipes']:.1f}x")
     return 0
 

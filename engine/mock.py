@@ -153,7 +153,9 @@ def smf_baldry12(log_m: np.ndarray) -> np.ndarray:
     """Baldry et al. (2012) stellar-mass function per dex [Mpc⁻³ dex⁻¹]."""
     p = BALDRY12
     x = 10.0 ** (log_m - p["log_mstar_char"])
-    return math.log(10) * np.exp(-x) * (p["phi1"] * x ** (p["alpha1"] + 1) + p["phi2"] * x ** (p["alpha2"] + 1))
+    return (
+        math.log(10) * np.exp(-x) * (p["phi1"] * x ** (p["alpha1"] + 1) + p["phi2"] * x ** (p["alpha2"] + 1))
+    )
 
 
 class MockSurvey:
@@ -172,7 +174,9 @@ class MockSurvey:
     def __init__(self, model, mag_limits: dict[str, float], noise: NoiseModel, z_min: float = 0.002):
         for b in mag_limits:
             if b not in model.bands:
-                raise PopsedError(f"magnitude limit on band '{b}', which is not among the bands {list(model.bands)}")
+                raise PopsedError(
+                    f"magnitude limit on band '{b}', which is not among the bands {list(model.bands)}"
+                )
         self.model = model
         self.mag_limits = mag_limits
         self.noise = noise
@@ -195,7 +199,11 @@ class MockSurvey:
         col = {n: i for i, n in enumerate(names)}
         theta[:, col["z"]] = zz
         theta[:, col["log_mstar"]] = 7.0
-        theta[:, col["t_burst"]], theta[:, col["log_zmet"]], theta[:, col["f_burst"]] = cc[:, 0], cc[:, 1], cc[:, 2]
+        theta[:, col["t_burst"]], theta[:, col["log_zmet"]], theta[:, col["f_burst"]] = (
+            cc[:, 0],
+            cc[:, 1],
+            cc[:, 2],
+        )
         theta[:, [col[k] for k in KAPPA_NAMES]] = cc[:, 3:]
         theta[:, col["n_dust"]] = 0.0
         with torch.no_grad():
@@ -364,9 +372,12 @@ def write_mock(out_dir: str | Path, n: int, seed: int, bands: Sequence[str], mag
 
 # ---------------------------------------------------------------- CLI
 def add_subparser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mock", help="make a magnitude-limited mock catalog with known truth",
-                       description="Make a magnitude-limited mock catalog (DESIGN §6): catalog.ecsv, truth.ecsv, "
-                                   "mock.json in OUT_DIR.")
+    p = sub.add_parser(
+        "mock",
+        help="make a magnitude-limited mock catalog with known truth",
+        description="Make a magnitude-limited mock catalog (DESIGN §6): catalog.ecsv, truth.ecsv, "
+        "mock.json in OUT_DIR.",
+    )
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--n", type=int, required=True, help="number of galaxies passing the selection")
     p.add_argument("--seed", type=int, default=0)

@@ -21,8 +21,16 @@ __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "free_port", "AppServer", "launch_browse
            "wait_for_plots", "plot_data_signature", "JSErrorLog", "text_of"]
 
 CHROMIUM = os.environ.get("POPSED_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 def free_port() -> int:
@@ -41,7 +49,9 @@ class AppServer:
         self.env = dict(os.environ, **(env or {}))
         if run is not None:  # preloaded by the server's warm-up (app/server_lifecycle.py)
             self.env.setdefault("POPSED_RUN", str(Path(run).resolve()))
-        self.env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT)] + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
@@ -68,12 +78,16 @@ class AppServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"panel serve exited with status {self.proc.returncode} (log: {self.log_path})")
+                raise RuntimeError(
+                    f"panel serve exited with status {self.proc.returncode} (log: {self.log_path})"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
                 # the port is open: check the server answers HTTP (static resource, no session)
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/static/js/bokeh.min.js", timeout=5):
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/static/js/bokeh.min.js", timeout=5
+                ):
                     return self
             except OSError:
                 time.sleep(0.2)

@@ -32,8 +32,15 @@ def _synthetic_table(n: int, seed: int):
     return pd.DataFrame(d)
 
 
-def write_synthetic_run(path, n_population: int = 3000, members: int = 2, steps: int = 30, complete: bool = True,
-                        lock: bool = False, truth: bool = True):
+def write_synthetic_run(
+    path,
+    n_population: int = 3000,
+    members: int = 2,
+    steps: int = 30,
+    complete: bool = True,
+    lock: bool = False,
+    truth: bool = True,
+):
     """Write a run directory in the documented layout (docs/run_format.md) from random numbers.
 
     For tests of the *viewer* only (file handling, bad input, widgets): the

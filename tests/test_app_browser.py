@@ -45,9 +45,28 @@ def app_run(tmp_path_factory):
         return SAMPLE_RUN
     out = tmp_path_factory.mktemp("runs") / "tiny"
     if _engine_fit_available():
-        res = subprocess.run([sys.executable, "-m", "engine.cli", "fit", str(SAMPLE_CATALOG), "--out", str(out),
-                              "--steps", "4", "--members", "2", "--batch", "256", "--no-progress"],
-                             cwd=REPO, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "fit",
+                str(SAMPLE_CATALOG),
+                "--out",
+                str(out),
+                "--steps",
+                "4",
+                "--members",
+                "2",
+                "--batch",
+                "256",
+                "--no-progress",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if res.returncode == 0 and (out / "population.parquet").is_file():
             return out
     from synthetic_run import write_synthetic_run
@@ -229,7 +248,9 @@ def test_start_fit_makes_loss_curve_grow_and_stop(page, server):
         box.press("Enter")
     time.sleep(0.5)
     page.locator(".popsed-start button").click()
-    assert wait_until(lambda: "running" in text_of(page, ".popsed-job"), timeout=20), text_of(page, ".popsed-job")
+    assert wait_until(lambda: "running" in text_of(page, ".popsed-job"), timeout=20), text_of(
+        page, ".popsed-job"
+    )
     # the app now shows the new run: wait for its first steps, then for the curve to grow
     assert wait_until(lambda: "sample-" in page.locator(".popsed-run-input input").input_value(), timeout=20)
     counts = []

@@ -1,4 +1,8 @@
-"""The fast rational-quadratic spline equals nflows' (the population flow's parameters and results are nflows')."""
+"""The fast rational-quadratic spline equals nflows'.
+
+The population flow's parameters and results are nflows'.
+"""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,8 @@
-"""popsed_viz components in a Python process: each view renders alone, streams and filters; bad input gives messages."""
+"""popsed_viz components in a Python process.
+
+Each view renders alone, streams and filters; bad input gives messages.
+"""
+
 from __future__ import annotations
 
 import json

@@ -64,8 +64,10 @@ def check_emulator(emu, n: int = 20000, seed: int = 12345, mag_max: float = 25.0
 
 
 def format_report(rep: dict) -> str:
-    lines = [f"|Δmag| emulator vs SPS on {rep['n']} fresh θ (seed {rep['seed']}), magnitudes < {rep['mag_max']}",
-             f"{'band':<14}{'n':>7}{'median':>9}{'p95':>9}{'p99':>9}"]
+    lines = [
+        f"|Δmag| emulator vs SPS on {rep['n']} fresh θ (seed {rep['seed']}), magnitudes < {rep['mag_max']}",
+        f"{'band':<14}{'n':>7}{'median':>9}{'p95':>9}{'p99':>9}",
+    ]
     for b, e in rep["bands"].items():
         a = e["all"]
         lines.append(f"{b:<14}{a['n']:>7}{a['median']:>9.4f}{a['p95']:>9.4f}{a['p99']:>9.4f}")

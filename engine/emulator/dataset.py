@@ -3,10 +3,10 @@
 θ is drawn in one call by :func:`uniform_theta` (uniform over the box,
 ``torch.Generator().manual_seed(seed)``): cheap (88 bytes per galaxy).  The expensive part, the SPS
 targets (:func:`sps_targets`), is computed in chunks of ``chunk`` galaxies, each chunk independently.
-Chunks run one after the other in this process (``client=None``) or as dask tasks (``popsed emulator train --workers N`` /
-``--scheduler ADDR``); each worker builds the SPS once from plain settings (bands, z_max, cosmology,
-device) and keeps it.  The SPS is batch-independent and deterministic on the CPU, so the training set
-for a given seed is bit-identical whatever the number of workers and the chunk size (tested).
+Chunks run one after the other in this process (``client=None``) or as dask tasks
+(``popsed emulator train --workers N`` / ``--scheduler ADDR``); each worker builds the SPS once from
+plain settings (bands, z_max, cosmology, device) and keeps it.  The SPS is batch-independent and
+deterministic on the CPU, so the training set for a given seed is bit-identical whatever the number of workers and the chunk size (tested).
 
 A training row is drawn from θ uniform over the whole parameter box (fits explore all of it, not just a
 mock population).  Of θ the networks need only (z, τ1, τ2, n_dust) and a burst age; the burst age is
@@ -36,7 +36,9 @@ def uniform_theta(bounds: torch.Tensor, n: int, generator: torch.Generator) -> t
     return b[:, 0] + (b[:, 1] - b[:, 0]) * torch.rand(n, b.shape[0], generator=generator, dtype=torch.float64)
 
 
-def training_burst_age(theta: torch.Tensor, t_age_gyr: torch.Tensor, z_max: float = DEFAULT_Z_MAX) -> torch.Tensor:
+def training_burst_age(
+    theta: torch.Tensor, t_age_gyr: torch.Tensor, z_max: float = DEFAULT_Z_MAX
+) -> torch.Tensor:
     """The burst age [Gyr] of a training row: θ's ``t_burst`` coordinate mapped log-uniformly onto
     [10 Myr, t_age(z)]."""
     lo, hi = param_bounds(z_max)["t_burst"]
@@ -84,8 +86,15 @@ def _worker_sps(bands: tuple[str, ...], z_max: float, cosmology: str, device: st
     return sps
 
 
-def chunk_targets(theta: torch.Tensor, bands: Sequence[str], z_max: float, cosmology: str = "Planck18",
-                  device: str | None = None, batch: int = 20000, torch_threads: int | None = None) -> torch.Tensor:
+def chunk_targets(
+    theta: torch.Tensor,
+    bands: Sequence[str],
+    z_max: float,
+    cosmology: str = "Planck18",
+    device: str | None = None,
+    batch: int = 20000,
+    torch_threads: int | None = None,
+) -> torch.Tensor:
     """SPS targets h (n, B) of one chunk of θ (the dask task; also used in-process)."""
     old = torch.get_num_threads()
     if torch_threads:
@@ -130,9 +139,21 @@ def sps_training_set(sps, n: int, seed: int, *, cosmology: str = "Planck18", chu
     t0 = time.perf_counter()
     try:
         dev = None if sps.device.type == "cpu" else str(sps.device)
-        futs = [c.submit(chunk_targets, theta[s:s + chunk].clone(), tuple(sps.bands), float(sps.z_max), cosmology,
-                         dev, 20000, threads, pure=False, retries=2)
-                for s in starts]
+        futs = [
+            c.submit(
+                chunk_targets,
+                theta[s : s + chunk].clone(),
+                tuple(sps.bands),
+                float(sps.z_max),
+                cosmology,
+                dev,
+                20000,
+                threads,
+                pure=False,
+                retries=2,
+            )
+            for s in starts
+        ]
         from distributed import as_completed
         from tqdm.auto import tqdm
 
@@ -144,8 +165,11 @@ def sps_training_set(sps, n: int, seed: int, *, cosmology: str = "Planck18", chu
                 out[index[f.key]] = f.result()
                 bar.update(1)
         if log:
-            log(f"training set: {n} galaxies in {len(futs)} chunks on {len(c.scheduler_info()['workers'])} dask "
-                f"workers in {time.perf_counter() - t0:.0f} s")
+            log(
+                f"training set: {n} galaxies in {len(futs)} chunks on {len(c.scheduler_info()['workers'])} "
+                "dask "
+                f"workers in {time.perf_counter() - t0:.0f} s"
+            )
     finally:
         close()
     return theta, torch.cat(out)

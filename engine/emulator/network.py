@@ -86,8 +86,13 @@ class InferenceMLP(nn.Module):
 
     FOLD_MIN = 1e-4
 
-    def __init__(self, net: SpeculatorMLP, rows: Sequence[int] | None = None, scale: torch.Tensor | None = None,
-                 shift: torch.Tensor | None = None):
+    def __init__(
+        self,
+        net: SpeculatorMLP,
+        rows: Sequence[int] | None = None,
+        scale: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+    ):
         super().__init__()
         lin = [m for m in net.net if isinstance(m, nn.Linear)]
         act = [m for m in net.net if isinstance(m, SpeculatorActivation)]

@@ -1,7 +1,8 @@
 """Training an emulator: a training set from the direct SPS over the full box, then the two networks.
 
-The training set (:mod:`engine.emulator.dataset`) draws θ uniform over the whole parameter box.  The SPS computes, for each row, h = −2.5 log10 of the band
-luminosity of every (metallicity node, SFH basis, band) and of the burst at every (metallicity node, band)
+The training set (:mod:`engine.emulator.dataset`) draws θ uniform over the whole parameter box.  The SPS
+computes, for each row, h = −2.5 log10 of the band luminosity of every (metallicity node, SFH basis,
+band) and of the burst at every (metallicity node, band)
 (:meth:`engine.sps.SPSModel.basis_band_luminosities`, :meth:`~engine.sps.SPSModel.burst_band_luminosities`).
 
 Training (each network): Adam, mini-batches, a held-out validation split, a cosine learning-rate decay
@@ -45,7 +46,9 @@ def burst_sed_table(sps, n_windows: int = N_WINDOWS, wave_range: tuple[float, fl
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sel = torch.as_tensor((wave >= lo) & (wave < hi))
         if int(sel.sum()) == 0:
-            raise ValueError(f"SED feature window {lo:.0f}-{hi:.0f} Å holds no wavelength bin of the SSP grid")
+            raise ValueError(
+                f"SED feature window {lo:.0f}-{hi:.0f} Å holds no wavelength bin of the SSP grid"
+            )
         cols.append(lnu[:, :, sel].mean(-1))
     table = torch.stack(cols, -1)
     logt = torch.log10(table.clamp(min=1e-30))
@@ -61,7 +64,9 @@ def network_inputs(inputs: ComponentInputs, theta: torch.Tensor, t_age_gyr: torc
     t_b = training_burst_age(theta, t_age_gyr, z_max)
     k_z, a_z = metallicity_nodes(c["log_zmet"], constants["zmet_grid"])
     k_b, a_b = sfh_mod.burst_interpolation(t_b, constants["ssp_log_ages"])
-    sed = burst_sed_features(constants["sed_table"], k_z, a_z, k_b, a_b, constants["sed_mean"], constants["sed_std"])
+    sed = burst_sed_features(
+        constants["sed_table"], k_z, a_z, k_b, a_b, constants["sed_mean"], constants["sed_std"]
+    )
     x_burst = inputs.burst(c["z"], c["tau2"], c["n_dust"], t_b, c["log_zmet"], sed)
     return x_basis, x_burst
 
@@ -74,9 +79,21 @@ class TrainResult:
     val_rmse_mag: dict[str, float]
 
 
-def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], seed: int, device, epochs: int = 400,
-                  batch: int = 512, lr: float = 2e-3, val_fraction: float = 0.1, max_minutes: float | None = None,
-                  name: str = "network", log: Callable[[str], None] | None = print):
+def train_network(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hidden: Sequence[int],
+    seed: int,
+    device,
+    epochs: int = 400,
+    batch: int = 512,
+    lr: float = 2e-3,
+    val_fraction: float = 0.1,
+    max_minutes: float | None = None,
+    name: str = "network",
+    log: Callable[[str], None] | None = print,
+):
     """Fit a :class:`SpeculatorMLP` to standardised targets with a cosine learning-rate decay.
 
     The decay runs over ``epochs`` epochs, or over ``max_minutes`` of wall time when that is given,
@@ -163,11 +180,24 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
     return net.cpu(), y_mean, y_std, history, rmse
 
 
-def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=None, z_max: float = DEFAULT_Z_MAX,
-                   hidden: Sequence[int] = (48, 48, 48), burst_hidden: Sequence[int] | None = None,
-                   epochs: int = 400, batch: int = 512, max_minutes: float | None = None,
-                   burst_share: float = 0.5, cosmology: str = "Planck18", progress: bool = True,
-                   log: Callable[[str], None] | None = print, parallel: dict | None = None) -> TrainResult:
+def train_emulator(
+    bands: Sequence[str],
+    n_train: int,
+    *,
+    seed: int = 0,
+    device=None,
+    z_max: float = DEFAULT_Z_MAX,
+    hidden: Sequence[int] = (48, 48, 48),
+    burst_hidden: Sequence[int] | None = None,
+    epochs: int = 400,
+    batch: int = 512,
+    max_minutes: float | None = None,
+    burst_share: float = 0.5,
+    cosmology: str = "Planck18",
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    parallel: dict | None = None,
+) -> TrainResult:
     """Generate a training set with the SPS and train an emulator for ``bands``.
 
     ``max_minutes`` is the training budget of both networks together (``burst_share`` of it for the
@@ -180,7 +210,9 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
 
     t0 = time.perf_counter()
     sps = SPSModel(list(bands), cosmology=resolve_cosmology(cosmology), device=device, z_max=z_max)
-    theta, y = sps_training_set(sps, n_train, seed, cosmology=cosmology, progress=progress, log=log, **(parallel or {}))
+    theta, y = sps_training_set(
+        sps, n_train, seed, cosmology=cosmology, progress=progress, log=log, **(parallel or {})
+    )
     t_gen = time.perf_counter() - t0
     if log:
         log(f"training set: {n_train} rows from the SPS in {t_gen:.0f} s")
@@ -188,8 +220,13 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
     n_b, n_z = len(sps.bands), sps.n_z
     n_basis = n_z * N_SFH_BASES * n_b
     inputs = ComponentInputs(z_max, lam, dtype=torch.float64)
-    constants = {"age_edges_gyr": sps.age_edges_gyr, "live_frac": sps.live_frac, "ssp_log_ages": sps.ssp_log_ages,
-                 "ssp_live": sps.ssp_live, "zmet_grid": sps.zmet_grid}
+    constants = {
+        "age_edges_gyr": sps.age_edges_gyr,
+        "live_frac": sps.live_frac,
+        "ssp_log_ages": sps.ssp_log_ages,
+        "ssp_live": sps.ssp_live,
+        "zmet_grid": sps.zmet_grid,
+    }
     constants = {k: v.detach().double().cpu() for k, v in constants.items()}
     constants.update(burst_sed_table(sps))
     t_age = sps.cosmo.age_gyr(theta[:, IDX["z"]].to(device=sps.device, dtype=sps.dtype)).double().cpu()
@@ -198,9 +235,18 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
     nets, norms, history, rmse = {}, {}, {}, {}
     for name, x, yy, hid, share in (("basis", x_basis, y[:, :n_basis], tuple(hidden), 1.0 - burst_share),
                                     ("burst", x_burst, y[:, n_basis:], burst_hidden, burst_share)):
-        net, mean, std, hist, r = train_network(x, yy, hidden=hid, seed=seed, device=sps.device, epochs=epochs,
-                                                batch=batch, name=name, log=log,
-                                                max_minutes=None if max_minutes is None else max_minutes * share)
+        net, mean, std, hist, r = train_network(
+            x,
+            yy,
+            hidden=hid,
+            seed=seed,
+            device=sps.device,
+            epochs=epochs,
+            batch=batch,
+            name=name,
+            log=log,
+            max_minutes=None if max_minutes is None else max_minutes * share,
+        )
         nets[name], norms[name], history[name], rmse[name] = net, (mean, std), hist, r
     constants = {k: constants[k] for k in CONSTANTS}
     seconds = time.perf_counter() - t0

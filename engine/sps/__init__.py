@@ -16,8 +16,13 @@ from typing import Any
 
 __all__ = ["SPSModel", "PARAM_NAMES", "DERIVED_NAMES", "param_bounds", "resolve_device"]
 
-_HOME = {"SPSModel": "engine.sps.model", "DERIVED_NAMES": "engine.sps.model", "resolve_device": "engine.sps.model",
-         "PARAM_NAMES": "engine.sps.params", "param_bounds": "engine.sps.params"}
+_HOME = {
+    "SPSModel": "engine.sps.model",
+    "DERIVED_NAMES": "engine.sps.model",
+    "resolve_device": "engine.sps.model",
+    "PARAM_NAMES": "engine.sps.params",
+    "param_bounds": "engine.sps.params",
+}
 
 
 def __getattr__(name: str) -> Any:

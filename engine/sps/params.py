@@ -117,10 +117,13 @@ def validate_theta(theta: torch.Tensor, bounds: torch.Tensor, names: tuple[str, 
     import torch
 
     if not isinstance(theta, torch.Tensor):
-        raise ValueError(f"theta must be a torch.Tensor of shape (N, {len(names)}), got {type(theta).__name__}")
+        raise ValueError(
+            f"theta must be a torch.Tensor of shape (N, {len(names)}), got {type(theta).__name__}"
+        )
     if theta.ndim != 2 or theta.shape[1] != len(names):
         raise ValueError(
-            f"theta must have shape (N, {len(names)}) with columns {', '.join(names)}; got shape {tuple(theta.shape)}"
+            f"theta must have shape (N, {len(names)}) with columns {', '.join(names)}; got shape "
+            f"{tuple(theta.shape)}"
         )
     with torch.no_grad():
         bad_nan = ~torch.isfinite(theta)
