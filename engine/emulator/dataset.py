@@ -6,7 +6,8 @@ targets (:func:`sps_targets`), is computed in chunks of ``chunk`` galaxies, each
 Chunks run one after the other in this process (``client=None``) or as dask tasks
 (``popsed emulator train --workers N`` / ``--scheduler ADDR``); each worker builds the SPS once from
 plain settings (bands, z_max, cosmology, device) and keeps it.  The SPS is batch-independent and
-deterministic on the CPU, so the training set for a given seed is bit-identical whatever the number of workers and the chunk size (tested).
+deterministic on the CPU, so the training set for a given seed is bit-identical whatever the number of
+workers and the chunk size (tested).
 
 A training row is drawn from θ uniform over the whole parameter box (fits explore all of it, not just a
 mock population).  Of θ the networks need only (z, τ1, τ2, n_dust) and a burst age; the burst age is
