@@ -1,11 +1,11 @@
-"""Magnitude-limited mock catalogs (DESIGN §6): a survey whose truth is known.
+"""Magnitude-limited mock catalogs: a survey whose truth is known, to test population recovery.
 
 1. (z, log M*) from a stellar-mass function times the comoving volume: the double
    Schechter fit of Baldry et al. (2012, GAMA; h = 0.7),
    φ(M) dlog M = ln10 e^{−M/M*} [φ₁* (M/M*)^{α₁+1} + φ₂* (M/M*)^{α₂+1}] dlog M,
    log M* = 10.66, φ₁* = 3.96e-3, α₁ = −0.35, φ₂* = 0.79e-3, α₂ = −1.47 (Mpc⁻³),
    times dV/dz of the model's cosmology, sampled on a fine (z, log M*) grid.
-2. The other parameters from the mock population of Li et al. (2023, Table 2; DESIGN §2).
+2. The other parameters from the mock population of Li et al. (2023, arXiv:2309.16958, Table 2).
 3. The SPS (:class:`engine.sps.SPSModel`) gives noiseless fluxes; :class:`NoiseModel` adds noise.
 4. The selection (e.g. ``sdss2010-r < 19.8``) is applied to the *observed* magnitudes.
 
@@ -375,7 +375,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "mock",
         help="make a magnitude-limited mock catalog with known truth",
-        description="Make a magnitude-limited mock catalog (DESIGN §6): catalog.ecsv, truth.ecsv, "
+        description="Make a magnitude-limited mock catalog with known truth: catalog.ecsv, truth.ecsv, "
         "mock.json in OUT_DIR.",
     )
     p.add_argument("out_dir", metavar="OUT_DIR")

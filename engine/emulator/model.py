@@ -49,7 +49,7 @@ as the direct SPS's photometry.
 
 Files: one ``torch.save`` dict of tensors, numbers and strings (both networks' state dicts and
 normalisations, the SSP constants needed by the exact part, and metadata: bands, parameter names and
-ranges, training-set size, measured accuracy, versions), loaded with ``weights_only=True``.
+ranges, training-set size, accuracy against the SPS, versions), loaded with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -212,12 +212,12 @@ def basis_survival_table(
     cosmo: CosmologyTable, age_edges_gyr: torch.Tensor, live_frac: torch.Tensor
 ) -> torch.Tensor:
     """Surviving mass per M☉ formed of each pure basis at each metallicity node, tabulated on the cosmology
-    table's redshift grid, (n, n_Z, 4).
+    table's redshift grid, (n, n_Z, N_SFH_BASES).
 
     It depends on z only (through t_age(z)), so the emulator interpolates this table
-    (:meth:`CosmologyTable.interp`) instead of integrating the four SFH bases over ~40 age bins per galaxy,
-    which was a fifth of its time; computed in float64 with the SPS's own
-    :func:`engine.sps.model.component_survival` (linear interpolation error < 1e-5, measured 8e-6)."""
+    (:meth:`CosmologyTable.interp`) instead of integrating the SFH bases over ~40 age bins per galaxy;
+    computed in float64 with the SPS's own :func:`engine.sps.model.component_survival` (linear
+    interpolation error < 1e-5)."""
     t_age = torch.as_tensor(cosmo.age_grid_gyr, dtype=torch.float64)
     w = sfh_mod.basis_bin_weights(t_age, age_edges_gyr.detach().cpu().double())
     s_basis = torch.einsum("nia,ka->nki", w, live_frac.detach().cpu().double())
@@ -249,7 +249,7 @@ class _GroupedLinear(torch.autograd.Function):
 
     Written straight into one output (forward) and one input gradient (backward), instead of slicing ``h``
     per group: autograd's backward of each slice fills a zero tensor the size of ``h`` and copies the
-    block into it, which was a tenth of the emulator's time.  W and b are constants (no gradient)."""
+    block into it.  W and b are constants (no gradient)."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, counts: list[int], w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -283,7 +283,7 @@ class _WeightedExpSum(torch.autograd.Function):
     and weights (N, K), as batched (1 × K)(K × B) products, with a hand-written backward.
 
     Autograd's graph for ``(w[..., None] * exp(ln_l)).sum(1)`` makes five passes over the (N, K, B)
-    tensors and broadcasts along the short band axis; this makes three, and was measured 25 % faster."""
+    tensors and broadcasts along the short band axis; this makes three."""
 
     @staticmethod
     def forward(ctx, ln_l: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
