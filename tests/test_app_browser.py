@@ -213,7 +213,8 @@ def test_redshift_range_changes_sfms_and_sessions_do_not_interfere(browser, page
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "partial"])
 def test_bad_run_directory_shows_a_message(page, server, tmp_path, kind):
-    from browser import text_of, write_synthetic_run
+    from browser import text_of
+    from synthetic_run import write_synthetic_run
 
     path = tmp_path / "run"
     expected = {"missing": "not found", "corrupt": "corrupt", "partial": "in progress"}[kind]
