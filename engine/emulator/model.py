@@ -185,9 +185,8 @@ def redshift_table(cosmo: CosmologyTable, lambda_eff: Sequence[float]) -> torch.
     interpolation on the 2049-point grid is within 2e-6 of the direct formula in log(1 + τ) (test), except
     within one grid cell of Calzetti's branch points, where the published curve has a small jump (≤ 3e-3)."""
     lam = np.asarray(lambda_eff, dtype=np.float64)[None, :] / (1.0 + cosmo.z_grid[:, None])
-    curves = DustCurves(
-        lam, torch.device("cpu"), torch.float64
-    )  # the SPS's tabulated factors, on an (n, B) grid
+    # the SPS's tabulated factors, on an (n, B) grid
+    curves = DustCurves(lam, torch.device("cpu"), torch.float64)
     age, d_l = (t.detach().cpu().double().unsqueeze(1) for t in cosmo.tables)
     return torch.cat([age, d_l, curves.k_over_rv, curves.drude_over_rv, curves.ln_ratio], 1)
 

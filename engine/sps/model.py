@@ -321,9 +321,8 @@ class SPSModel:
 
     def _fluxes_chunk(self, theta: torch.Tensor) -> torch.Tensor:
         comp = self._components(theta)
-        lnu = self._lnu_per_mass(
-            comp, self._ssp_young_win, self._ssp_old_win, self._ssp_lnu_win, self.dust_win
-        )  # (N, W)
+        lnu = self._lnu_per_mass(comp, self._ssp_young_win, self._ssp_old_win, self._ssp_lnu_win,
+                                 self.dust_win)  # (N, W)
         z = comp["z"]
         band = self._observe(lnu, z)  # (N, B): ∫ L_ν R dlnλ / ∫ R dlnλ
         return band * torch.exp(math.log(10.0) * comp["log_mformed"] + self.ln_flux_scale(z)).unsqueeze(1)
@@ -390,9 +389,8 @@ class SPSModel:
         (N, n_Z, B) (see :meth:`basis_band_luminosities`).  Bursts are older than 10 Myr: no birth clouds."""
         kb, ab = sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages)
         ssp = self._ssp_lnu_win.reshape(self.n_z, self.n_ssp, -1)
-        lnu = (1.0 - ab)[:, None, None] * ssp[:, kb].transpose(0, 1) + ab[:, None, None] * ssp[
-            :, kb + 1
-        ].transpose(0, 1)
+        lnu = ((1.0 - ab)[:, None, None] * ssp[:, kb].transpose(0, 1)
+               + ab[:, None, None] * ssp[:, kb + 1].transpose(0, 1))
         att_ism = torch.exp(-self.dust_win.tau_ism(tau2, n_dust))[:, None, :]
         return self._observe(att_ism * lnu, z)
 
