@@ -49,8 +49,10 @@ def training_burst_age(
 
 
 def sps_targets(sps, theta: torch.Tensor, batch: int = 20000, progress: bool = True) -> torch.Tensor:
-    """Targets of the rows ``theta`` (N, D): h of the bases (n_Z·4·B values) then of the burst at the row's
-    metallicity (B values), (N, (4·n_Z + 1)·B), float64 on the CPU, clipped at ``H_CLIP``."""
+    """Targets of the rows ``theta`` (N, D), (N, (K·n_Z + 1)·B), float64 on the CPU, clipped at ``H_CLIP``.
+
+    h of the K = ``N_SFH_BASES`` bases at every metallicity node (n_Z·K·B values), then of the burst at
+    the row's metallicity (B values)."""
     from tqdm.auto import tqdm
 
     out = []

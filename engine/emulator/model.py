@@ -28,7 +28,7 @@ network should not have to learn) and log(1 + τ_ISM) at each band's rest-frame 
 (:func:`engine.sps.dust.tau_ism_at`), which carries the steep, band-dependent dust dependence.  Outputs
 are standardised per output; h fainter than ``H_CLIP`` is censored in training (only too-bright
 predictions cost).  Everything else -- SFH weights, metallicity interpolation, burst activity, surviving
-mass, distance -- is computed as in the SPS, with the SPS's own functions; the surviving mass of the four
+mass, distance -- is computed as in the SPS, with the SPS's own functions; the surviving mass of the
 smooth bases depends on z alone and is tabulated once on the cosmology grid (:func:`basis_survival_table`,
 relative error < 1e-5).  For speed, the de-standardisation of the network outputs is folded into their
 last layers (:func:`ln_luminosity_net`), which also drops the outputs of bands not selected.
@@ -50,6 +50,8 @@ as the direct SPS's photometry.
 Files: one ``torch.save`` dict of tensors, numbers and strings (both networks' state dicts and
 normalisations, the SSP constants needed by the exact part, and metadata: bands, parameter names and
 ranges, training-set size, accuracy against the SPS, versions), loaded with ``weights_only=True``.
+
+Shapes: N galaxies, n_Z metallicity nodes, K = :data:`engine.sps.params.N_SFH_BASES` SFH bases, B bands.
 """
 from __future__ import annotations
 
@@ -309,7 +311,7 @@ class NodePairHead(torch.nn.Module):
 
     Of the n_Z nodes' outputs only nodes k and k+1 have weight (linear interpolation in Z), so the rows
     are grouped by k (one sort) and each group is multiplied by the weights of its two nodes alone:
-    2/n_Z of the full layer's work, and no gather of the full (N, n_Z, 4·B) output afterwards.
+    2/n_Z of the full layer's work, and no gather of the full (N, n_Z, K·B) output afterwards.
 
     Parameters
     ----------
@@ -323,12 +325,12 @@ class NodePairHead(torch.nn.Module):
         super().__init__()
         w = net.w_out.reshape(n_z, -1, net.w_out.shape[1])
         b = net.b_out.reshape(n_z, -1)
-        self.register_buffer("w_pair", torch.cat([w[:-1], w[1:]], 1))  # (n_Z − 1, 2·4·B, H)
-        self.register_buffer("b_pair", torch.cat([b[:-1], b[1:]], 1))  # (n_Z − 1, 2·4·B)
+        self.register_buffer("w_pair", torch.cat([w[:-1], w[1:]], 1))  # (n_Z − 1, 2·K·B, H)
+        self.register_buffer("b_pair", torch.cat([b[:-1], b[1:]], 1))  # (n_Z − 1, 2·K·B)
         self.n_z = n_z
 
     def forward(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Outputs of nodes k and k+1 for hidden features ``h`` (N, H) and lower nodes ``k`` (N,): (N, 2·4·B).
+        """Outputs of nodes k and k+1 for hidden features ``h`` (N, H) and lower nodes ``k`` (N,): (N, 2·K·B).
 
         Rows already in increasing k (as :meth:`Emulator.fluxes` orders them) are used in place; otherwise
         they are sorted here and the outputs put back in the input order."""
@@ -410,7 +412,7 @@ class Emulator:
         self, z, tau1, tau2, n_dust, t_burst, log_zmet
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Emulated band luminosities per M☉ formed, for the selected bands: of the pure bases at the two
-        metallicity nodes k, k+1 that bracket the galaxy's Z (N, 2, 4, B; k from
+        metallicity nodes k, k+1 that bracket the galaxy's Z (N, 2, K, B; k from
         :func:`engine.sps.model.metallicity_nodes`), and of the burst at the galaxy's metallicity (N, B);
         ``t_burst`` [Gyr] ≤ t_age(z) (see the module docstring)."""
         ln_basis, ln_burst = self.component_ln_luminosities(z, tau1, tau2, n_dust, t_burst, log_zmet)
@@ -476,7 +478,7 @@ class Emulator:
         )
         nodes = torch.stack([k_z, k_z + 1], 1)  # (N, 2)
         w_node = torch.stack([1.0 - a_z, a_z], 1)  # (N, 2)
-        w2 = w_node.unsqueeze(2) * beta.unsqueeze(1)  # (N, 2, 4)
+        w2 = w_node.unsqueeze(2) * beta.unsqueeze(1)  # (N, 2, K)
         g = 1.0 - f
         n, n_b = ln_lum_b.shape
         band = weighted_exp_sum(

@@ -9,8 +9,9 @@ galaxies with no per-galaxy Python loop::
 m_a: fraction of the formed mass in SSP age bin a (:func:`engine.sps.sfh.age_bin_weights`);
 w_Z: linear-in-Z interpolation weights between the two bracketing BC03 metallicities
 (as bagpipes, Carnall et al. 2018); S: the binned BC03/MILES SSPs (:mod:`engine.sps.ssp`);
-τ: :mod:`engine.sps.dust`.  The surviving mass is M_formed Σ_{Z,a} w_Z m_a f_live(Z, a),
-so θ's ``log_mstar`` (surviving, as catalogs quote) fixes M_formed exactly.
+τ: :mod:`engine.sps.dust`.  Shapes: N galaxies, n_Z metallicities, K =
+:data:`engine.sps.params.N_SFH_BASES` SFH bases, A age bins, B bands.  The surviving mass is
+M_formed Σ_{Z,a} w_Z m_a f_live(Z, a), so θ's ``log_mstar`` (surviving, as catalogs quote) fixes M_formed exactly.
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def component_survival(
     ssp_log_ages: torch.Tensor,
     ssp_live: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Surviving mass per M☉ formed of each pure basis (N, n_Z, 4) and of a burst of age t_burst (N, n_Z).
+    """Surviving mass per M☉ formed of each pure basis (N, n_Z, K) and of a burst of age t_burst (N, n_Z).
 
     ``w_basis`` from :func:`engine.sps.sfh.basis_bin_weights`; ``live_frac`` (n_Z, A) of the age bins;
     ``ssp_live`` (n_Z, S) of the single-age SSPs at ``ssp_log_ages`` (S,), interpolated as the burst
@@ -351,7 +352,7 @@ class SPSModel:
     # ------------------------------------------------------------------ the linear decomposition
     def basis_band_luminosities(self, z: torch.Tensor, tau1: torch.Tensor, tau2: torch.Tensor,
                                 n_dust: torch.Tensor) -> torch.Tensor:
-        """Band luminosity per M☉ formed of each pure SFH basis at each metallicity node, (N, n_Z, 4, B).
+        """Band luminosity per M☉ formed of each pure SFH basis at each metallicity node, (N, n_Z, K, B).
 
         The SPS is linear in everything but redshift and dust: for galaxy θ, with basis weights β
         (stick-breaking of κ), node weights w_Z (linear in Z between grid metallicities) and the effective
@@ -372,7 +373,7 @@ class SPSModel:
         return torch.cat(out, 0)
 
     def _basis_chunk(self, z, tau1, tau2, n_dust) -> torch.Tensor:
-        w = sfh_mod.basis_bin_weights(self.cosmo.age_gyr(z), self.age_edges_gyr)  # (N, 4, A)
+        w = sfh_mod.basis_bin_weights(self.cosmo.age_gyr(z), self.age_edges_gyr)  # (N, K, A)
         ny = self.n_young
         young = self._ssp_young_win.reshape(self.n_z, ny, -1)
         old = self._ssp_old_win.reshape(self.n_z, self.n_age - ny, -1)
@@ -395,7 +396,7 @@ class SPSModel:
         return self._observe(att_ism * lnu, z)
 
     def component_survival(self, z: torch.Tensor, t_burst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Surviving mass per M☉ formed of each pure basis (N, n_Z, 4) and of the burst (N, n_Z)."""
+        """Surviving mass per M☉ formed of each pure basis (N, n_Z, K) and of the burst (N, n_Z)."""
         w = sfh_mod.basis_bin_weights(self.cosmo.age_gyr(z), self.age_edges_gyr)
         return component_survival(w, self.live_frac, t_burst, self.ssp_log_ages, self.ssp_live)
 
