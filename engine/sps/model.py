@@ -11,7 +11,8 @@ w_Z: linear-in-Z interpolation weights between the two bracketing BC03 metallici
 (as bagpipes, Carnall et al. 2018); S: the binned BC03/MILES SSPs (:mod:`engine.sps.ssp`);
 τ: :mod:`engine.sps.dust`.  Shapes: N galaxies, n_Z metallicities, K =
 :data:`engine.sps.params.N_SFH_BASES` SFH bases, A age bins, B bands.  The surviving mass is
-M_formed Σ_{Z,a} w_Z m_a f_live(Z, a), so θ's ``log_mstar`` (surviving, as catalogs quote) fixes M_formed exactly.
+M_formed Σ_{Z,a} w_Z m_a f_live(Z, a), so θ's ``log_mstar`` (surviving, as catalogs quote) fixes M_formed
+exactly.
 """
 from __future__ import annotations
 
