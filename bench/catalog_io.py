@@ -123,7 +123,9 @@ def main(argv=None) -> int:
         write_parquet(small, 200, bands)
         read_catalog(small)  # imports outside the measurement
         cat, dt, rss, npk, apk = measure(lambda: read_catalog(path))
-        out_mb = (cat.flux.nbytes + cat.flux_err.nbytes + (cat.z_spec.nbytes if cat.z_spec is not None else 0)) / 2**20
+        out_mb = (
+            cat.flux.nbytes + cat.flux_err.nbytes + (cat.z_spec.nbytes if cat.z_spec is not None else 0)
+        ) / 2**20
         res["read_catalog"] = {"seconds": dt, "rows_per_s": len(cat) / dt, "output_mb": out_mb,
                                "rss_increase_mb": rss, "numpy_peak_mb": npk, "arrow_pool_peak_mb": apk}
         del cat
@@ -148,16 +150,24 @@ def main(argv=None) -> int:
     else:
         rc = res["read_catalog"]
         fmt = lambda x: "n/a" if x is None else f"{x:.0f} MB"  # noqa: E731
-        print(f"Parquet catalog: {res['rows']:,} rows x {res['bands']} bands, {res['file_mb']:.0f} MB on disk "
-              f"(written in {res['write_s']:.1f} s)")
-        print(f"read_catalog:         {rc['seconds']:.2f} s = {rc['rows_per_s']:.3g} rows/s; output {rc['output_mb']:.0f} MB, "
-              f"peak RSS +{fmt(rc['rss_increase_mb'])}, numpy peak {rc['numpy_peak_mb']:.0f} MB, "
-              f"arrow pool peak {rc['arrow_pool_peak_mb']:.0f} MB")
+        print(
+            f"Parquet catalog: {res['rows']:,} rows x {res['bands']} bands, {res['file_mb']:.0f} MB on disk "
+            f"(written in {res['write_s']:.1f} s)"
+        )
+        print(
+            f"read_catalog:         {rc['seconds']:.2f} s = {rc['rows_per_s']:.3g} rows/s; output "
+            f"{rc['output_mb']:.0f} MB, "
+            f"peak RSS +{fmt(rc['rss_increase_mb'])}, numpy peak {rc['numpy_peak_mb']:.0f} MB, "
+            f"arrow pool peak {rc['arrow_pool_peak_mb']:.0f} MB"
+        )
         it = res["iter_parquet_batches"]
         print(f"iter_parquet_batches: {it['seconds']:.2f} s = {it['rows_per_s']:.3g} rows/s; peak RSS "
               f"+{fmt(it['rss_increase_mb'])}, numpy peak {it['numpy_peak_mb']:.0f} MB")
         sm = res["read_parquet_sample"]
-        print(f"read_parquet_sample:  {sm['rows']} rows in {sm['seconds']:.2f} s; peak RSS +{fmt(sm['rss_increase_mb'])}")
+        print(
+            f"read_parquet_sample:  {sm['rows']} rows in {sm['seconds']:.2f} s; peak RSS "
+            f"+{fmt(sm['rss_increase_mb'])}"
+        )
     return 0
 
 

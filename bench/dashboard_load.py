@@ -34,9 +34,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the browser helpers live with the browser tests
 
-from popsed_viz.testing import (AppServer, JSErrorLog, launch_browser, plot_data_signature,  # noqa: E402
-                                wait_for_plots)
+from browser import AppServer, JSErrorLog, launch_browser, plot_data_signature, wait_for_plots  # noqa: E402
 
 SFMS = "Star-forming main sequence"
 
@@ -103,8 +103,11 @@ def measure(run: Path, repeat: int, label: str, shots: Path | None) -> dict:
                 nav = page.evaluate("() => { const e = performance.getEntriesByType('navigation')[0];"
                                     " return {start: e.startTime, ttfb: e.responseStart}; }")
                 drawn = page.evaluate("() => window.__popsed_drawn")
-                load = {"ttfb": (nav["ttfb"] - nav["start"]) / 1e3, "first_byte_to_drawn": (drawn - nav["ttfb"]) / 1e3,
-                        "total": (drawn - nav["start"]) / 1e3}
+                load = {
+                    "ttfb": (nav["ttfb"] - nav["start"]) / 1e3,
+                    "first_byte_to_drawn": (drawn - nav["ttfb"]) / 1e3,
+                    "total": (drawn - nav["start"]) / 1e3,
+                }
                 out["loads"].append({k: round(v, 3) for k, v in load.items()})
                 if shots and i == 0:
                     page.screenshot(path=str(shots / f"{label}_training.png"), full_page=True)
@@ -149,7 +152,9 @@ def measure(run: Path, repeat: int, label: str, shots: Path | None) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default=str(REPO / "sample_data" / "run_sdss"), help="run to load (default: sample run)")
+    ap.add_argument(
+        "--run", default=str(REPO / "sample_data" / "run_sdss"), help="run to load (default: sample run)"
+    )
     ap.add_argument("--big-run", default=None, help="a run with a 10^6-sample population")
     ap.add_argument("--make-big", type=int, default=None, metavar="N",
                     help="build a run with N stacked population samples from --run and measure it too")
@@ -168,20 +173,30 @@ def main(argv=None) -> int:
     tmp = None
     if args.make_big:
         tmp = Path(tempfile.mkdtemp(prefix="popsed_big_"))
-        runs.append((make_big_run(Path(args.run), tmp / "big", args.make_big), f"population_{args.make_big:.0e}"))
+        runs.append(
+            (make_big_run(Path(args.run), tmp / "big", args.make_big), f"population_{args.make_big:.0e}")
+        )
     if args.big_run:
         runs.append((Path(args.big_run), "big"))
     results = []
     try:
         for run, label in runs:
-            n = pq.read_metadata(run / "population.parquet").num_rows if (run / "population.parquet").is_file() else 0
+            n = (
+                pq.read_metadata(run / "population.parquet").num_rows
+                if (run / "population.parquet").is_file()
+                else 0
+            )
             res = measure(run, args.repeat, label, shots)
             res["population_rows"] = n
             results.append(res)
-            print(f"{label:>18s} ({n:>9,d} samples): first byte → plots drawn {res['median_first_byte_to_drawn_s']:.2f} s"
-                  f" (navigation → drawn {res['median_total_s']:.2f} s; server ready in {res['server_ready_s']:.1f} s);"
-                  f" tabs {res['median_tabs_s']}; z-cut → SFMS redrawn {res['median_zcut_s']:.2f} s;"
-                  f" JS errors {len(res['js_errors'])}")
+            print(
+                f"{label:>18s} ({n:>9,d} samples): first byte → plots drawn "
+                f"{res['median_first_byte_to_drawn_s']:.2f} s"
+                f" (navigation → drawn {res['median_total_s']:.2f} s; server ready in "
+                f"{res['server_ready_s']:.1f} s);"
+                f" tabs {res['median_tabs_s']}; z-cut → SFMS redrawn {res['median_zcut_s']:.2f} s;"
+                f" JS errors {len(res['js_errors'])}"
+            )
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Emulator vs direct SPS: throughput (forward + backward through θ, batch 10⁴) in one run.
 
-    python bench/emulator.py [--file engine/data/emulator_sdss_galex.pt] [--batch 10000] [--device auto] [--json]
+    python bench/emulator.py [--file engine/data/emulator_sdss_galex.pt] [--batch 10000]
+                             [--device auto] [--json]
 
 Also reports the shipped file's training time and stored accuracy (from its metadata).
 """
@@ -10,9 +11,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
-from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,7 +41,7 @@ def fwd_bwd_rates(models: dict, theta: torch.Tensor, repeats: int) -> dict[str, 
 
 def main(argv=None) -> int:
     from engine.emulator import default_emulator_path, load
-    from engine.emulator.train import uniform_theta
+    from engine.emulator.dataset import uniform_theta
     from engine.runtime import tune_cpu_allocator
 
     tuned = tune_cpu_allocator()  # for both models alike (see engine/runtime.py)
@@ -57,17 +58,30 @@ def main(argv=None) -> int:
     rates = fwd_bwd_rates({"emulator": emu, "sps": emu.sps}, theta, args.repeats)
     r_emu, r_sps = rates["emulator"], rates["sps"]
     meta = emu.metadata
-    out = {"device": str(emu.device), "threads": torch.get_num_threads(), "batch": args.batch,
-           "allocator_tuned": tuned,
-           "emulator_fwd_bwd_gal_per_s": r_emu, "sps_fwd_bwd_gal_per_s": r_sps, "ratio": r_emu / r_sps,
-           "training_minutes": meta.get("training_seconds", float("nan")) / 60, "n_train": meta.get("n_train"),
-           "accuracy": meta.get("accuracy")}
+    out = {
+        "device": str(emu.device),
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "allocator_tuned": tuned,
+        "emulator_fwd_bwd_gal_per_s": r_emu,
+        "sps_fwd_bwd_gal_per_s": r_sps,
+        "ratio": r_emu / r_sps,
+        "training_minutes": meta.get("training_seconds", float("nan")) / 60,
+        "n_train": meta.get("n_train"),
+        "accuracy": meta.get("accuracy"),
+    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print(f"forward+backward, batch {args.batch}, {out['device']} ({out['threads']} threads):")
-        print(f"  emulator {r_emu:10.0f} gal/s\n  SPS      {r_sps:10.0f} gal/s\n  ratio    {r_emu / r_sps:10.1f}x")
-        print(f"shipped emulator: {out['n_train']} training galaxies, trained in {out['training_minutes']:.1f} min")
+        print(
+            f"  emulator {r_emu:10.0f} gal/s\n  SPS      {r_sps:10.0f} gal/s\n  ratio    "
+            f"{r_emu / r_sps:10.1f}x"
+        )
+        print(
+            f"shipped emulator: {out['n_train']} training galaxies, trained in "
+            f"{out['training_minutes']:.1f} min"
+        )
     return 0
 
 

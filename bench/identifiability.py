@@ -41,8 +41,17 @@ sys.path.insert(0, str(ROOT))
 
 from recovery import w1_over_sd  # noqa: E402  (bench/ is on the path when this script runs)
 
-def make_twin(theta: np.ndarray, f0: np.ndarray, names: list[str], bounds: dict, flux_at, r_index: int, grey: float,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def make_twin(
+    theta: np.ndarray,
+    f0: np.ndarray,
+    names: list[str],
+    bounds: dict,
+    flux_at,
+    r_index: int,
+    grey: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The dust-mass twin of ``theta`` (N, P): new tau2 for grey galaxies, mass rescaled to keep r's flux.
 
     ``f0``: the noise-free fluxes (N, B) of ``theta``; ``bounds``: the parameter box
@@ -72,10 +81,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--forward", default="sps", help="forward model: sps (default), emulator or auto")
     ap.add_argument("--selection", default="sdss2010-r<19.8")
-    ap.add_argument("--independent", default=None,
-                    help="another `popsed mock` of the same population (other seed): the truth and twin are then built "
-                         "from its galaxies, so their distances to the catalog include the catalog's finite-sample "
-                         "scatter, as the recovery benchmark's noise floor does")
+    ap.add_argument(
+        "--independent",
+        default=None,
+        help="another `popsed mock` of the same population (other seed): the truth and twin are then built "
+        "from its galaxies, so their distances to the catalog include the catalog's finite-sample "
+        "scatter, as the recovery benchmark's noise floor does",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
@@ -113,7 +125,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(a.seed)
     r_index = next(i for i, b in enumerate(bands) if b.endswith("-r"))
     f_true = flux_at(theta)
-    theta_twin, f_twin, moved = make_twin(theta, f_true, names, param_bounds(z_max), flux_at, r_index, a.grey, rng)
+    theta_twin, f_twin, moved = make_twin(
+        theta, f_true, names, param_bounds(z_max), flux_at, r_index, a.grey, rng
+    )
 
     feat = Featurizer.fit(f_obs, nm.softening, True)
     dirs = random_directions(feat.numpy(f_obs[:2]).shape[1], 512, torch.Generator().manual_seed(123), "cpu")
@@ -127,7 +141,9 @@ def main(argv=None) -> int:
     x_obs = torch.tensor(feat.numpy(f_obs), dtype=torch.float32)
 
     def distance(flux: np.ndarray) -> float:
-        return float(sliced_wasserstein(torch.tensor(feat.numpy(flux), dtype=torch.float32), x_obs, directions=dirs))
+        return float(
+            sliced_wasserstein(torch.tensor(feat.numpy(flux), dtype=torch.float32), x_obs, directions=dirs)
+        )
 
     d = {"truth": [], "twin": []}
     w = {"log_mstar": [], "tau2": []}
@@ -144,17 +160,28 @@ def main(argv=None) -> int:
     dcol = dm[:, :-1] - dm[:, 1:]
     mag_err = np.median(1.0857 * e_obs / np.abs(f_obs), 0)
     res = {
-        "mock": str(mock), "bands": bands, "forward": desc["kind"], "n_galaxies": int(theta.shape[0]),
-        "grey_threshold": a.grey, "moved_fraction": float(moved.mean()), "realisations": a.realisations,
+        "mock": str(mock),
+        "bands": bands,
+        "forward": desc["kind"],
+        "n_galaxies": int(theta.shape[0]),
+        "grey_threshold": a.grey,
+        "moved_fraction": float(moved.mean()),
+        "realisations": a.realisations,
         "distance_to_catalog": {k: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for k, v in d.items()},
         "twin_over_truth": float(np.mean(d["twin"]) / np.mean(d["truth"])),
         "twin_vs_truth_w1_over_sd": {p: float(np.mean(v)) for p, v in w.items()},
-        "twin_colour_change_mag": {f"{a_}-{b_}": {"median_abs": float(np.median(np.abs(dcol[:, i]))),
-                                                  "p99_abs": float(np.percentile(np.abs(dcol[:, i]), 99))}
-                                   for i, (a_, b_) in enumerate(zip(bands[:-1], bands[1:]))},
+        "twin_colour_change_mag": {
+            f"{a_}-{b_}": {
+                "median_abs": float(np.median(np.abs(dcol[:, i]))),
+                "p99_abs": float(np.percentile(np.abs(dcol[:, i]), 99)),
+            }
+            for i, (a_, b_) in enumerate(zip(bands[:-1], bands[1:], strict=True))
+        },
         "catalog_median_mag_err": {b: float(mag_err[i]) for i, b in enumerate(bands)},
-        "log_mstar_shift_of_moved": {"median": float(np.median((theta_twin - theta)[moved, names.index("log_mstar")])),
-                                     "p95": float(np.percentile((theta_twin - theta)[moved, names.index("log_mstar")], 95))},
+        "log_mstar_shift_of_moved": {
+            "median": float(np.median((theta_twin - theta)[moved, names.index("log_mstar")])),
+            "p95": float(np.percentile((theta_twin - theta)[moved, names.index("log_mstar")], 95)),
+        },
     }
     res["lower_bound_log_mstar"] = res["twin_vs_truth_w1_over_sd"]["log_mstar"] / 2
     if a.json:
@@ -162,17 +189,37 @@ def main(argv=None) -> int:
     else:
         dt, dw = res["distance_to_catalog"]["truth"], res["distance_to_catalog"]["twin"]
         print(f"{mock}: {res['n_galaxies']} galaxies, bands {','.join(bands)}, forward {desc['kind']}")
-        print(f"moved (n_dust > {a.grey}, tau2 redrawn on [0, 3], mass rescaled at fixed r flux): "
-              f"{res['moved_fraction']:.1%}; their log M* shift median {res['log_mstar_shift_of_moved']['median']:+.2f}, "
-              f"95th percentile {res['log_mstar_shift_of_moved']['p95']:+.2f} dex")
-        print(f"distance to the catalog ({a.realisations} noise realisations): truth {dt['mean']:.4f} +- {dt['sd']:.4f}, "
-              f"twin {dw['mean']:.4f} +- {dw['sd']:.4f} (twin/truth {res['twin_over_truth']:.2f})")
-        print("twin vs truth, W1/sd: " + ", ".join(f"{p} {v:.3f}" for p, v in res["twin_vs_truth_w1_over_sd"].items()))
-        print("largest colour changes (median / 99th percentile |d colour|, mag): " + ", ".join(
-            f"{k} {v['median_abs']:.3f}/{v['p99_abs']:.3f}" for k, v in res["twin_colour_change_mag"].items()))
-        print("catalog median errors (mag): " + ", ".join(f"{b} {v:.3f}" for b, v in res["catalog_median_mag_err"].items()))
-        print(f"=> if twin/truth is near 1 (the photometry cannot tell them apart), an estimator seeing only it errs "
-              f"on log_mstar by >= {res['lower_bound_log_mstar']:.3f} (W1/sd) on the truth or on the twin")
+        print(
+            f"moved (n_dust > {a.grey}, tau2 redrawn on [0, 3], mass rescaled at fixed r flux): "
+            f"{res['moved_fraction']:.1%}; their log M* shift median "
+            f"{res['log_mstar_shift_of_moved']['median']:+.2f}, "
+            f"95th percentile {res['log_mstar_shift_of_moved']['p95']:+.2f} dex"
+        )
+        print(
+            f"distance to the catalog ({a.realisations} noise realisations): truth {dt['mean']:.4f} +- "
+            f"{dt['sd']:.4f}, "
+            f"twin {dw['mean']:.4f} +- {dw['sd']:.4f} (twin/truth {res['twin_over_truth']:.2f})"
+        )
+        print(
+            "twin vs truth, W1/sd: "
+            + ", ".join(f"{p} {v:.3f}" for p, v in res["twin_vs_truth_w1_over_sd"].items())
+        )
+        print(
+            "largest colour changes (median / 99th percentile |d colour|, mag): "
+            + ", ".join(
+                f"{k} {v['median_abs']:.3f}/{v['p99_abs']:.3f}"
+                for k, v in res["twin_colour_change_mag"].items()
+            )
+        )
+        print(
+            "catalog median errors (mag): "
+            + ", ".join(f"{b} {v:.3f}" for b, v in res["catalog_median_mag_err"].items())
+        )
+        print(
+            "=> if twin/truth is near 1 (the photometry cannot tell them apart), an estimator seeing only "
+            "it errs "
+            f"on log_mstar by >= {res['lower_bound_log_mstar']:.3f} (W1/sd) on the truth or on the twin"
+        )
     return 0
 
 

@@ -28,7 +28,8 @@
 
     python bench/recovery.py [--workdir DIR] [--n 10000] [--seed 7] [--members 2] [--steps 1000]
                              [--population-samples 50000]
-                             [--batch 4096] [--forward auto] [--device auto] [--redshift free] [--bands B1,...]
+                             [--batch 4096] [--forward auto] [--device auto] [--redshift free]
+                             [--bands B1,...]
                              [--option KEY=VALUE ...] [--json]
 """
 from __future__ import annotations
@@ -60,7 +61,9 @@ def popsed(*args) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0, independent: Path | None = None) -> dict:
+def photometric_check(
+    run_dir: Path, mock_dir: Path, device: str, seed: int = 0, independent: Path | None = None
+) -> dict:
     import torch
     from astropy.table import Table
 
@@ -85,13 +88,17 @@ def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0,
     feat = Featurizer.fit(f_obs[split[used] == "train"], nm.softening, cfg["train"]["colours"])
     n = f_obs.shape[0]
     g = torch.Generator(device=dev).manual_seed(seed)
-    dirs = random_directions(feat.numpy(f_obs[:2]).shape[1], 512, torch.Generator().manual_seed(123), "cpu").to(dev)
+    dirs = random_directions(
+        feat.numpy(f_obs[:2]).shape[1], 512, torch.Generator().manual_seed(123), "cpu"
+    ).to(dev)
 
     def features(flux):
         return torch.tensor(feat.numpy(flux), dtype=torch.float32, device=dev)
 
     # predicted: fresh samples of the converged members' kept flows
-    model, _ = make_forward_model(cfg["forward"]["kind"], bands, dev, cfg.get("z_max") or 0.65, cfg["forward"].get("file"))
+    model, _ = make_forward_model(
+        cfg["forward"]["kind"], bands, dev, cfg.get("z_max") or 0.65, cfg["forward"].get("file")
+    )
     summ = run.summary()
     preds = []
     per = int(np.ceil(3 * n / max(1, len(summ["converged"]))))
@@ -109,16 +116,25 @@ def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0,
     d_pred = float(sliced_wasserstein(features(pred), features(f_obs), directions=dirs))
     # noise floor: two independent noise realisations of the truth, each selected
     truth = Table.read(mock_dir / "truth.ecsv")
-    f_true = torch.tensor(np.stack([10 ** (-0.4 * (np.asarray(truth[f"mag_true_{b}"], float) - 22.5)) for b in bands], 1),
-                          dtype=torch.float32, device=dev)
+    f_true = torch.tensor(
+        np.stack([10 ** (-0.4 * (np.asarray(truth[f"mag_true_{b}"], float) - 22.5)) for b in bands], 1),
+        dtype=torch.float32,
+        device=dev,
+    )
     reals = []
     for _ in range(2):
         noisy = nm.apply(f_true, 1.0, g)
         reals.append(noisy[selection_mask(noisy, bands, cuts)].double().cpu().numpy())
     m = min(r.shape[0] for r in reals)
     d_floor = float(sliced_wasserstein(features(reals[0][:m]), features(reals[1][:m]), directions=dirs))
-    out = {"distance_pred_obs": d_pred, "noise_floor_same_galaxies": d_floor, "ratio_same_galaxies": d_pred / d_floor,
-           "n_obs": int(n), "n_floor": int(m), "target_ratio": 1.2}
+    out = {
+        "distance_pred_obs": d_pred,
+        "noise_floor_same_galaxies": d_floor,
+        "ratio_same_galaxies": d_pred / d_floor,
+        "n_obs": int(n),
+        "n_floor": int(m),
+        "target_ratio": 1.2,
+    }
     if independent is not None:
         # the population-level floor: an independent realisation of the true population (other galaxies drawn
         # from the same distributions, own noise, same selection) against the catalog -- what a perfect fit
@@ -127,8 +143,9 @@ def photometric_check(run_dir: Path, mock_dir: Path, device: str, seed: int = 0,
         f_ind = np.stack([np.asarray(ci[f"flux_{b}"], float) for b in bands], 1)
         f_ind = f_ind[np.all(np.isfinite(f_ind), 1)][:n]
         d_ind = float(sliced_wasserstein(features(f_ind), features(f_obs[: f_ind.shape[0]]), directions=dirs))
-        # out of sample: the fitted population against the independent catalog, which the fit never saw; the
-        # truth sits at d_ind from it too, so a ratio near 1 means fresh data cannot tell the fit from the truth
+        # out of sample: the fitted population against the independent catalog, which the fit never saw;
+        # the truth sits at d_ind from it too, so a ratio near 1 means fresh data cannot tell the fit from
+        # the truth
         d_held = float(sliced_wasserstein(features(pred[: f_ind.shape[0]]), features(f_ind), directions=dirs))
         out.update({"noise_floor": d_ind, "ratio": d_pred / d_ind, "n_independent": int(f_ind.shape[0]),
                     "distance_pred_independent": d_held, "ratio_held_out": d_held / d_ind})
@@ -153,10 +170,14 @@ def main(argv=None) -> int:
                     help="bands of the mock catalog (and so of the fit); default SDSS ugriz, the benchmark's")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a further TrainConfig field for the fit, e.g. entropy=0.001 (repeatable)")
-    ap.add_argument("--population-samples", type=int, default=50000,
-                    help="population samples per member (the fit's population_samples; about a quarter pass the "
-                         "selection): W1 from finite samples is biased high, by ~0.02 of the sd at the 4 700 "
-                         "selected samples of two members of the fit's default 10 000, ~0.015 at 25 000")
+    ap.add_argument(
+        "--population-samples",
+        type=int,
+        default=50000,
+        help="population samples per member (the fit's population_samples; about a quarter pass the "
+        "selection): W1 from finite samples is biased high, by ~0.02 of the sd at the 4 700 "
+        "selected samples of two members of the fit's default 10 000, ~0.015 at 25 000",
+    )
     ap.add_argument("--reuse", action="store_true", help="reuse an existing mock and run in --workdir")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -165,7 +186,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     independent = work / "mock_independent"
     if not (a.reuse and (mock / "catalog.ecsv").exists()):
-        popsed("mock", mock, "--n", a.n, "--seed", a.seed, "--mag-limit", "sdss2010-r:19.8", "--bands", a.bands)
+        popsed(
+            "mock", mock, "--n", a.n, "--seed", a.seed, "--mag-limit", "sdss2010-r:19.8", "--bands", a.bands
+        )
     t_mock = time.time() - t0
     if not (a.reuse and (independent / "catalog.ecsv").exists()):
         popsed("mock", independent, "--n", a.n, "--seed", a.seed + 1000, "--mag-limit", "sdss2010-r:19.8",
@@ -176,11 +199,26 @@ def main(argv=None) -> int:
         opts.setdefault("population_samples", a.population_samples)
         from engine.population.api import fit
 
-        print(f"fit {mock / 'catalog.ecsv'} -> {run_dir} ({a.members} members x {a.steps} steps, options {opts})",
-              flush=True)
-        fit(mock / "catalog.ecsv", run_dir, overwrite=True, members=a.members, steps=a.steps, batch=a.batch,
-            forward=a.forward, device=a.device, seed=a.fit_seed, selection="sdss2010-r<19.8", redshift=a.redshift,
-            progress=False, **opts)
+        print(
+            f"fit {mock / 'catalog.ecsv'} -> {run_dir} ({a.members} members x {a.steps} steps, options "
+            f"{opts})",
+            flush=True,
+        )
+        fit(
+            mock / "catalog.ecsv",
+            run_dir,
+            overwrite=True,
+            members=a.members,
+            steps=a.steps,
+            batch=a.batch,
+            forward=a.forward,
+            device=a.device,
+            seed=a.fit_seed,
+            selection="sdss2010-r<19.8",
+            redshift=a.redshift,
+            progress=False,
+            **opts,
+        )
     import pyarrow.parquet as pq
     from astropy.table import Table
 
@@ -207,15 +245,26 @@ def main(argv=None) -> int:
     phot = photometric_check(run_dir, mock, a.device, independent=independent)
     res = {
         "mock": {"n": a.n, "seed": a.seed, "seconds": t_mock},
-        "fit": {"members": a.members, "steps": a.steps, "batch": a.batch, "forward": run.config["forward"],
-                "redshift": run.config["train"]["redshift"], "entropy": run.config["train"].get("entropy", 0.0),
-                "converged": summ["converged"], "member_seconds": summ["member_seconds"],
-                "selected_fraction_of_population": float(sel.mean())},
+        "fit": {
+            "members": a.members,
+            "steps": a.steps,
+            "batch": a.batch,
+            "forward": run.config["forward"],
+            "redshift": run.config["train"]["redshift"],
+            "entropy": run.config["train"].get("entropy", 0.0),
+            "converged": summ["converged"],
+            "member_seconds": summ["member_seconds"],
+            "selected_fraction_of_population": float(sel.mean()),
+        },
         "recovery": rec,
         "photometry": phot,
-        "pass": {"z": rec["z"]["w1_over_sd"] <= 0.10, "log_mstar": rec["log_mstar"]["w1_over_sd"] <= 0.10,
-                 "tau2": rec["tau2"]["w1_over_sd"] <= 0.25, "photometry": phot["ratio"] <= 1.2,
-                 "time_per_member": max(v for v in summ["member_seconds"].values() if v is not None) <= 600},
+        "pass": {
+            "z": rec["z"]["w1_over_sd"] <= 0.10,
+            "log_mstar": rec["log_mstar"]["w1_over_sd"] <= 0.10,
+            "tau2": rec["tau2"]["w1_over_sd"] <= 0.25,
+            "photometry": phot["ratio"] <= 1.2,
+            "time_per_member": max(v for v in summ["member_seconds"].values() if v is not None) <= 600,
+        },
     }
     if a.json:
         print(json.dumps(res, indent=1))
@@ -223,10 +272,15 @@ def main(argv=None) -> int:
         print(f"members converged {summ['converged']}, seconds per member {summ['member_seconds']}")
         for name, r in rec.items():
             tgt = f" (target <= {r['target']})" if r["target"] is not None else ""
-            print(f"  {name:<16} W1/sd {r['w1_over_sd']:.3f}{tgt}, two realisations of the truth: {r['w1_floor']:.3f}")
-        print(f"photometric distance {phot['distance_pred_obs']:.4f} vs noise floor {phot['noise_floor']:.4f}: "
-              f"{phot['ratio']:.2f}x (target <= 1.2); vs same-galaxy floor "
-              f"{phot['noise_floor_same_galaxies']:.4f}: {phot['ratio_same_galaxies']:.2f}x")
+            print(
+                f"  {name:<16} W1/sd {r['w1_over_sd']:.3f}{tgt}, two realisations of the truth: "
+                f"{r['w1_floor']:.3f}"
+            )
+        print(
+            f"photometric distance {phot['distance_pred_obs']:.4f} vs noise floor {phot['noise_floor']:.4f}: "
+            f"{phot['ratio']:.2f}x (target <= 1.2); vs same-galaxy floor "
+            f"{phot['noise_floor_same_galaxies']:.4f}: {phot['ratio_same_galaxies']:.2f}x"
+        )
         if "ratio_held_out" in phot:
             print(f"held out (against the independent catalog): {phot['distance_pred_independent']:.4f}, "
                   f"{phot['ratio_held_out']:.2f}x the floor")

@@ -22,7 +22,8 @@ child, is its own):
    torch threads, default 1).
 
     python bench/scaling.py [--only step,big,ensemble] [--sizes 1e4,1e5,1e6] [--batches 1024,4096]
-                            [--reps 3] [--big-rows 1e7] [--big-steps 5] [--ens-steps 60] [--threads 1] [--json]
+                            [--reps 3] [--big-rows 1e7] [--big-steps 5] [--ens-steps 60] [--threads 1]
+                            [--json]
 
 Numbers are measured each run (nothing is hard-coded); on a shared machine they are noisy.
 """
@@ -62,7 +63,9 @@ def _mock_arrays():
 
     cat = Table.read(MOCK / "catalog.ecsv")
     truth = Table.read(MOCK / "truth.ecsv")
-    f_true = np.stack([10 ** (-0.4 * (np.asarray(truth[f"mag_true_{b}"], dtype=np.float64) - 22.5)) for b in BANDS], 1)
+    f_true = np.stack(
+        [10 ** (-0.4 * (np.asarray(truth[f"mag_true_{b}"], dtype=np.float64) - 22.5)) for b in BANDS], 1
+    )
     err = np.stack([np.asarray(cat[f"flux_err_{b}"], dtype=np.float64) for b in BANDS], 1)
     return f_true, err, np.asarray(cat["z_spec"], dtype=np.float64)
 
@@ -107,9 +110,17 @@ def child_step(n: int, batch: int, obs_cap: int | None, reps: int, threads: int,
         t = time.perf_counter()
         tr.step(ms)
         times.append(time.perf_counter() - t)
-    return {"forward": fdesc["kind"], "n": n, "batch": batch, "obs_cap": cfg.obs_cap, "obs_rows_per_step": int(min(cfg.obs_cap, tr.x_train.shape[0])),
-            "seconds_per_step": float(np.median(times)), "step_times": times,
-            "setup_mb": rss1 - rss0, "peak_rss_mb": _peak_mb()}
+    return {
+        "forward": fdesc["kind"],
+        "n": n,
+        "batch": batch,
+        "obs_cap": cfg.obs_cap,
+        "obs_rows_per_step": int(min(cfg.obs_cap, tr.x_train.shape[0])),
+        "seconds_per_step": float(np.median(times)),
+        "step_times": times,
+        "setup_mb": rss1 - rss0,
+        "peak_rss_mb": _peak_mb(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- 2. big
@@ -120,9 +131,11 @@ def write_big(path: Path, rows: int, seed: int = 2024, group: int = 131_072) -> 
 
     f_true, err, z = _mock_arrays()
     t0 = time.perf_counter()
-    schema = pa.schema([pa.field(f"flux_{b}", pa.float32(), metadata={"unit": "nanomaggy"}) for b in BANDS]
-                       + [pa.field(f"flux_err_{b}", pa.float32(), metadata={"unit": "nanomaggy"}) for b in BANDS]
-                       + [pa.field("z_spec", pa.float32())])
+    schema = pa.schema(
+        [pa.field(f"flux_{b}", pa.float32(), metadata={"unit": "nanomaggy"}) for b in BANDS]
+        + [pa.field(f"flux_err_{b}", pa.float32(), metadata={"unit": "nanomaggy"}) for b in BANDS]
+        + [pa.field("z_spec", pa.float32())]
+    )
     tmp = path.with_suffix(".tmp")
     with pq.ParquetWriter(tmp, schema) as w:
         done, k = 0, 0
@@ -166,10 +179,20 @@ def child_big(path: str, steps: int, batch: int, out: str, threads: int, forward
     cfg = run.config
     hist = run.history()
     steps_s = [e["seconds"] for e in hist if e["event"] == "step"]
-    return {"forward": cfg["forward"]["kind"], "rows": cfg["catalog"]["n_rows"], "streamed": bool(cfg["observed"].get("streamed")),
-            "n_used": cfg["observed"]["n_used"], "n_chunks": cfg["observed"]["n_chunks"],
-            "steps": steps, "batch": batch, "seconds_total": total, "seconds_per_step": steps_s,
-            "peak_rss_mb": _peak_mb(), "rss_before_mb": rss0, **marks}
+    return {
+        "forward": cfg["forward"]["kind"],
+        "rows": cfg["catalog"]["n_rows"],
+        "streamed": bool(cfg["observed"].get("streamed")),
+        "n_used": cfg["observed"]["n_used"],
+        "n_chunks": cfg["observed"]["n_chunks"],
+        "steps": steps,
+        "batch": batch,
+        "seconds_total": total,
+        "seconds_per_step": steps_s,
+        "peak_rss_mb": _peak_mb(),
+        "rss_before_mb": rss0,
+        **marks,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- 3. ensemble
@@ -184,8 +207,16 @@ def child_ensemble(workers: int | None, steps: int, batch: int, out: str, thread
               selection=SELECTION, overwrite=True, workers=workers, population_samples=5000)
     wall = time.perf_counter() - t0
     s = run.summary()
-    return {"forward": run.config["forward"]["kind"], "workers": workers, "members": 4, "steps": steps, "batch": batch, "wall_s": wall,
-            "member_seconds": s.get("member_seconds"), "converged": s.get("converged")}
+    return {
+        "forward": run.config["forward"]["kind"],
+        "workers": workers,
+        "members": 4,
+        "steps": steps,
+        "batch": batch,
+        "wall_s": wall,
+        "member_seconds": s.get("member_seconds"),
+        "converged": s.get("converged"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -210,11 +241,18 @@ def main(argv=None) -> int:
     ap.add_argument("--big-path", default=os.path.join(tempfile.gettempdir(), "popsed_scaling_1e7.parquet"))
     ap.add_argument("--ens-steps", type=int, default=60)
     ap.add_argument("--ens-batch", type=int, default=1024)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads of the step/big children and of the sequential ensemble (default 1: on a "
-                         "shared 2-core machine intra-op threading oversubscribes the cores)")
-    ap.add_argument("--forward", default="auto",
-                    help="forward model: auto (the packaged emulator when it loads, else the direct SPS), emulator, sps")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the step/big children and of the sequential ensemble (default 1: on a "
+        "shared 2-core machine intra-op threading oversubscribes the cores)",
+    )
+    ap.add_argument(
+        "--forward",
+        default="auto",
+        help="forward model: auto (the packaged emulator when it loads, else the direct SPS), emulator, sps",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -235,8 +273,15 @@ def main(argv=None) -> int:
         for n in sizes:
             for cap_mode in ("default", "full"):
                 for b in (batches if cap_mode == "default" else batches[-1:]):
-                    r = _child("step", n=n, batch=b, obs_cap=None if cap_mode == "default" else n, reps=a.reps,
-                               threads=a.threads, forward=a.forward)
+                    r = _child(
+                        "step",
+                        n=n,
+                        batch=b,
+                        obs_cap=None if cap_mode == "default" else n,
+                        reps=a.reps,
+                        threads=a.threads,
+                        forward=a.forward,
+                    )
                     r["mode"] = cap_mode
                     rows.append(r)
                     say(f"{n:>9} {b:>6} {r['obs_rows_per_step']:>9} {r['seconds_per_step']:>8.3f} "
@@ -252,15 +297,42 @@ def main(argv=None) -> int:
             say(f"wrote {path}: {rows} rows, {report['big_write']['bytes'] / 2**20:.0f} MB, "
                 f"{report['big_write']['seconds']:.0f} s")
         with tempfile.TemporaryDirectory() as td:
-            r = _child("big", path=str(path), steps=a.big_steps, batch=a.big_batch, out=os.path.join(td, "run"), threads=a.threads, forward=a.forward)
+            r = _child(
+                "big",
+                path=str(path),
+                steps=a.big_steps,
+                batch=a.big_batch,
+                out=os.path.join(td, "run"),
+                threads=a.threads,
+                forward=a.forward,
+            )
         report["big"] = r
-        say(f"10^7 fit (streamed={r['streamed']}, {r['n_chunks']} chunks, {r['n_used']} usable rows): "
+        say(
+            f"10^7 fit (streamed={r['streamed']}, {r['n_chunks']} chunks, {r['n_used']} usable rows): "
             f"peak RSS {r['peak_rss_mb']:.0f} MB; total {r['seconds_total']:.0f} s, validation+noise passes "
-            f"{r.get('scan_and_noise_s', float('nan')):.0f} s, steps {', '.join(f'{s:.2f}' for s in r['seconds_per_step'])} s")
+            f"{r.get('scan_and_noise_s', float('nan')):.0f} s, steps "
+            f"{', '.join(f'{s:.2f}' for s in r['seconds_per_step'])} s"
+        )
     if "ensemble" in only:
         with tempfile.TemporaryDirectory() as td:
-            seq = _child("ensemble", workers=None, steps=a.ens_steps, batch=a.ens_batch, out=os.path.join(td, "s"), threads=a.threads, forward=a.forward)
-            par = _child("ensemble", workers=2, steps=a.ens_steps, batch=a.ens_batch, out=os.path.join(td, "p"), threads=a.threads, forward=a.forward)
+            seq = _child(
+                "ensemble",
+                workers=None,
+                steps=a.ens_steps,
+                batch=a.ens_batch,
+                out=os.path.join(td, "s"),
+                threads=a.threads,
+                forward=a.forward,
+            )
+            par = _child(
+                "ensemble",
+                workers=2,
+                steps=a.ens_steps,
+                batch=a.ens_batch,
+                out=os.path.join(td, "p"),
+                threads=a.threads,
+                forward=a.forward,
+            )
         report["ensemble"] = {"sequential": seq, "workers_2": par, "speedup": seq["wall_s"] / par["wall_s"]}
         say(f"4 members x {a.ens_steps} steps (batch {a.ens_batch}): sequential {seq['wall_s']:.1f} s, "
             f"2 workers {par['wall_s']:.1f} s (x{seq['wall_s'] / par['wall_s']:.2f})")

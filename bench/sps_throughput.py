@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -51,7 +50,12 @@ def time_ours(model, n: int, repeats: int, seed: int = 0) -> float:
 
 
 def time_bagpipes(model, n: int) -> float:
-    from bagpipes_reference import bagpipes_components, import_bagpipes, random_comparison_theta, write_filter_files
+    from bagpipes_reference import (
+        bagpipes_components,
+        import_bagpipes,
+        random_comparison_theta,
+        write_filter_files,
+    )
 
     pipes = import_bagpipes(high_resolution=False)
     theta = random_comparison_theta(model, n, seed=3)
@@ -105,7 +109,10 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"  batch {r['n']:>7d}: {r['seconds']:.3f} s  {r['galaxies_per_s']:>10.0f} gal/s  "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB")
-        print(f"bagpipes model_galaxy.update: {bp * 1e3:.3f} ms/galaxy ({1 / bp:.0f} gal/s, n={args.bagpipes_n})")
+        print(
+            f"bagpipes model_galaxy.update: {bp * 1e3:.3f} ms/galaxy ({1 / bp:.0f} gal/s, "
+            f"n={args.bagpipes_n})"
+        )
         print(f"ratio (best batch / bagpipes): {out['ratio_best_batch_vs_bagpipes']:.1f}x")
     return 0
 

@@ -49,7 +49,10 @@ class EmulatorStandIn:
         self.bounds = torch.tensor([b[n] for n in PARAM_NAMES], device=device)
         g = torch.Generator().manual_seed(0)
         dims = [11, 256, 256, 256, 256, len(BANDS)]
-        self.w = [(torch.randn(i, o, generator=g) / i**0.5).to(device) for i, o in zip(dims[:-1], dims[1:])]
+        self.w = [
+            (torch.randn(i, o, generator=g) / i**0.5).to(device)
+            for i, o in zip(dims[:-1], dims[1:], strict=True)
+        ]
         self.b = [torch.zeros(o, device=device) for o in dims[1:]]
         self.beta = [torch.ones(o, device=device) for o in dims[1:-1]]
 
@@ -57,7 +60,7 @@ class EmulatorStandIn:
         import torch
 
         x = 2 * (theta - self.bounds[:, 0]) / (self.bounds[:, 1] - self.bounds[:, 0]) - 1
-        for i, (w, b) in enumerate(zip(self.w, self.b)):
+        for i, (w, b) in enumerate(zip(self.w, self.b, strict=True)):
             x = x @ w + b
             if i < len(self.beta):
                 x = (0.5 + 0.5 * torch.sigmoid(self.beta[i] * x)) * x
@@ -115,8 +118,19 @@ def _measure(config: str, n: int, reps: int, device: str, threads: int, q):
         cfg = TrainConfig(members=1, steps=10**6, batch=n, loss="sliced", flow=FlowConfig(), val_every=10**9,
                           val_fraction=vf, noise_ramp=0.0)
     else:
-        cfg = TrainConfig(members=1, steps=10**6, batch=n, loss="sinkhorn", flow=REFERENCE_FLOW, val_every=10**9,
-                          val_fraction=vf, noise_ramp=0.0, blur_stages=[], blur_final=0.002, sinkhorn_scaling=0.9)
+        cfg = TrainConfig(
+            members=1,
+            steps=10**6,
+            batch=n,
+            loss="sinkhorn",
+            flow=REFERENCE_FLOW,
+            val_every=10**9,
+            val_fraction=vf,
+            noise_ramp=0.0,
+            blur_stages=[],
+            blur_final=0.002,
+            sinkhorn_scaling=0.9,
+        )
     obs = prepare_observed(obs_f, err, model.bands, None, [], "free", cfg.val_fraction, 0)
     tr = Trainer(model, obs, nm, [], cfg, dev)
     ms = tr.new_member(0)
@@ -133,11 +147,21 @@ def _measure(config: str, n: int, reps: int, device: str, threads: int, q):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     out = {
-        "config": config, "seconds": times, "median_s": float(np.median(times)), "min_s": float(np.min(times)),
-        "n_pred": n, "n_obs": int(tr.x_train.shape[0]), "features": int(tr.x_train.shape[1]),
-        "forward": fdesc, "flow": cfg.flow.to_dict(), "loss": cfg.loss,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_setup_mb": rss_setup,
-        "train_loss": ev["train_loss"], "threads": torch.get_num_threads(), "device": str(dev),
+        "config": config,
+        "seconds": times,
+        "median_s": float(np.median(times)),
+        "min_s": float(np.min(times)),
+        "n_pred": n,
+        "n_obs": int(tr.x_train.shape[0]),
+        "features": int(tr.x_train.shape[1]),
+        "forward": fdesc,
+        "flow": cfg.flow.to_dict(),
+        "loss": cfg.loss,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_setup_mb": rss_setup,
+        "train_loss": ev["train_loss"],
+        "threads": torch.get_num_threads(),
+        "device": str(dev),
         "flow_parameters": sum(p.numel() for p in ms.flow.parameters()),
     }
     if cfg.loss == "sinkhorn":
@@ -179,7 +203,10 @@ def main(argv=None) -> int:
             print(f"{r['config']:>9}: {r['median_s']:.3f} s/step (median of {len(r['seconds'])}; "
                   f"{r['loss']}, flow {r['flow_parameters']} params), peak RSS {r['peak_rss_mb']:.0f} MB"
                   + (f", CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else ""))
-        print(f"forward model: {default['forward']}; {a.n} vs {default['n_obs']} points in {default['features']}-d")
+        print(
+            f"forward model: {default['forward']}; {a.n} vs {default['n_obs']} points in "
+            f"{default['features']}-d"
+        )
         print(f"ratio reference/default: {ratio:.1f}x (target >= 100x)")
     return 0
 

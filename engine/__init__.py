@@ -13,6 +13,7 @@ Sub-packages and modules (one per concept):
 """
 from __future__ import annotations
 
+#: The package version (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
 

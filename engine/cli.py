@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="popsed",
-        description="Population-level SED inference: learn the galaxy population behind a photometric catalog.",
+        description="Population-level SED inference: learn the galaxy population behind a photometric "
+                    "catalog.",
     )
     parser.add_argument("--version", action="version", version=f"popsed {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

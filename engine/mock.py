@@ -1,11 +1,11 @@
-"""Magnitude-limited mock catalogs (DESIGN §6): a survey whose truth is known.
+"""Magnitude-limited mock catalogs: a survey whose truth is known, to test population recovery.
 
 1. (z, log M*) from a stellar-mass function times the comoving volume: the double
    Schechter fit of Baldry et al. (2012, GAMA; h = 0.7),
    φ(M) dlog M = ln10 e^{−M/M*} [φ₁* (M/M*)^{α₁+1} + φ₂* (M/M*)^{α₂+1}] dlog M,
    log M* = 10.66, φ₁* = 3.96e-3, α₁ = −0.35, φ₂* = 0.79e-3, α₂ = −1.47 (Mpc⁻³),
    times dV/dz of the model's cosmology, sampled on a fine (z, log M*) grid.
-2. The other parameters from the mock population of Li et al. (2023, Table 2; DESIGN §2).
+2. The other parameters from the mock population of Li et al. (2023, arXiv:2309.16958, Table 2).
 3. The SPS (:class:`engine.sps.SPSModel`) gives noiseless fluxes; :class:`NoiseModel` adds noise.
 4. The selection (e.g. ``sdss2010-r < 19.8``) is applied to the *observed* magnitudes.
 
@@ -36,6 +36,7 @@ import torch
 from scipy import stats
 
 from engine.errors import PopsedError
+from engine.sps.params import KAPPA_NAMES
 
 #: Baldry et al. (2012) double Schechter parameters (h = 0.7).
 BALDRY12 = dict(log_mstar_char=10.66, phi1=3.96e-3, alpha1=-0.35, phi2=0.79e-3, alpha2=-1.47)
@@ -152,7 +153,9 @@ def smf_baldry12(log_m: np.ndarray) -> np.ndarray:
     """Baldry et al. (2012) stellar-mass function per dex [Mpc⁻³ dex⁻¹]."""
     p = BALDRY12
     x = 10.0 ** (log_m - p["log_mstar_char"])
-    return math.log(10) * np.exp(-x) * (p["phi1"] * x ** (p["alpha1"] + 1) + p["phi2"] * x ** (p["alpha2"] + 1))
+    return (
+        math.log(10) * np.exp(-x) * (p["phi1"] * x ** (p["alpha1"] + 1) + p["phi2"] * x ** (p["alpha2"] + 1))
+    )
 
 
 class MockSurvey:
@@ -171,7 +174,9 @@ class MockSurvey:
     def __init__(self, model, mag_limits: dict[str, float], noise: NoiseModel, z_min: float = 0.002):
         for b in mag_limits:
             if b not in model.bands:
-                raise PopsedError(f"magnitude limit on band '{b}', which is not among the bands {list(model.bands)}")
+                raise PopsedError(
+                    f"magnitude limit on band '{b}', which is not among the bands {list(model.bands)}"
+                )
         self.model = model
         self.mag_limits = mag_limits
         self.noise = noise
@@ -194,8 +199,12 @@ class MockSurvey:
         col = {n: i for i, n in enumerate(names)}
         theta[:, col["z"]] = zz
         theta[:, col["log_mstar"]] = 7.0
-        theta[:, col["t_burst"]], theta[:, col["log_zmet"]], theta[:, col["f_burst"]] = cc[:, 0], cc[:, 1], cc[:, 2]
-        theta[:, col["kappa1"]], theta[:, col["kappa2"]], theta[:, col["kappa3"]] = cc[:, 3], cc[:, 4], cc[:, 5]
+        theta[:, col["t_burst"]], theta[:, col["log_zmet"]], theta[:, col["f_burst"]] = (
+            cc[:, 0],
+            cc[:, 1],
+            cc[:, 2],
+        )
+        theta[:, [col[k] for k in KAPPA_NAMES]] = cc[:, 3:]
         theta[:, col["n_dust"]] = 0.0
         with torch.no_grad():
             mag = self.model.magnitudes(torch.as_tensor(theta, dtype=self.model.dtype)).double().cpu().numpy()
@@ -363,9 +372,12 @@ def write_mock(out_dir: str | Path, n: int, seed: int, bands: Sequence[str], mag
 
 # ---------------------------------------------------------------- CLI
 def add_subparser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mock", help="make a magnitude-limited mock catalog with known truth",
-                       description="Make a magnitude-limited mock catalog (DESIGN §6): catalog.ecsv, truth.ecsv, "
-                                   "mock.json in OUT_DIR.")
+    p = sub.add_parser(
+        "mock",
+        help="make a magnitude-limited mock catalog with known truth",
+        description="Make a magnitude-limited mock catalog with known truth: catalog.ecsv, truth.ecsv, "
+        "mock.json in OUT_DIR.",
+    )
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--n", type=int, required=True, help="number of galaxies passing the selection")
     p.add_argument("--seed", type=int, default=0)

@@ -4,7 +4,7 @@ PyTorch's CPU tensors are allocated with the C library's ``malloc``.  glibc serv
 mmap threshold (128 kB at start, raised adaptively up to 32 MB) with fresh ``mmap`` calls and returns them
 to the kernel on ``free``, and it trims the heap top back to the kernel above 128 kB.  A training step or an
 emulator call allocates and frees tens of 1–10 MB intermediates, so each call page-faults its working set
-in again: measured here, a quarter of an emulator forward+backward at batch 10⁴ (64 → 49 ms, one thread).
+in again, a sizable share of an emulator forward+backward (``docs/benchmarks.md``).
 :func:`tune_cpu_allocator` keeps freed memory in the process instead (the same effect as the jemalloc /
 tcmalloc preloading that PyTorch's CPU performance guide recommends), at the cost of the process holding on
 to its peak memory until it exits.
@@ -42,5 +42,7 @@ def tune_cpu_allocator() -> bool:
         except (OSError, AttributeError):  # musl and other C libraries have no mallopt
             return _tuned
         mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        _tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        _tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+            mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        )
     return _tuned

@@ -7,7 +7,7 @@ by ``panel serve app/``).  The package only *reads* run files
 """
 from __future__ import annotations
 
-from popsed_viz.reader import RunReader, RunStatus, HistoryTail
+from popsed_viz.reader import HistoryTail, RunReader, RunStatus
 
 __all__ = ["RunReader", "RunStatus", "HistoryTail", "TrainingMonitor", "PhotometryView", "PopulationView",
            "Dashboard"]

@@ -17,9 +17,16 @@ import panel as pn
 import param
 from panel.theme.fast import Fast
 
-from popsed_viz.base import C, L, as_reader
-from popsed_viz.jobs import (DEFAULT_FIT, FitJob, default_runs_dir, new_run_dir, safe_filename, sample_catalog,
-                             sample_run_dir)
+from popsed_viz.base import C, L
+from popsed_viz.jobs import (
+    DEFAULT_FIT,
+    FitJob,
+    default_runs_dir,
+    new_run_dir,
+    safe_filename,
+    sample_catalog,
+    sample_run_dir,
+)
 from popsed_viz.monitor import TrainingMonitor
 from popsed_viz.photometry import PhotometryView
 from popsed_viz.population import PopulationView
@@ -53,7 +60,9 @@ def discover_runs(*roots: Path, limit: int = 50) -> list[Path]:
                 found.append(root)
                 continue
             for child in root.iterdir():
-                if child.is_dir() and ((child / "config.json").is_file() or (child / "history.jsonl").is_file()):
+                if child.is_dir() and (
+                    (child / "config.json").is_file() or (child / "history.jsonl").is_file()
+                ):
                     found.append(child)
         except OSError:
             continue
@@ -96,38 +105,83 @@ class Dashboard(param.Parameterized):
 
     # ---------------------------------------------------------------- widgets
     def _build_widgets(self):
-        self.run_select = pn.widgets.Select(**L("Runs found"), options=self._run_options(), sizing_mode="stretch_width")
-        self.run_input = pn.widgets.TextInput(css_classes=["popsed-run-input"], **L("Run directory"), value=self.run_path, sizing_mode="stretch_width",
-                                              placeholder="path/to/run")
-        self.open_button = pn.widgets.Button(css_classes=["popsed-open"], **L("Open"), **C("primary"), width=80)
+        self.run_select = pn.widgets.Select(
+            **L("Runs found"), options=self._run_options(), sizing_mode="stretch_width"
+        )
+        self.run_input = pn.widgets.TextInput(
+            css_classes=["popsed-run-input"],
+            **L("Run directory"),
+            value=self.run_path,
+            sizing_mode="stretch_width",
+            placeholder="path/to/run",
+        )
+        self.open_button = pn.widgets.Button(
+            css_classes=["popsed-open"], **L("Open"), **C("primary"), width=80
+        )
         self.rescan_button = pn.widgets.Button(**L("↻"), width=45, description="rescan the runs directory")
         self.open_button.on_click(lambda e: self.open_run(self.run_input.value))
         self.rescan_button.on_click(lambda e: self._rescan())
         self.run_select.param.watch(self._on_select, "value")
 
-        self.z_slider = pn.widgets.RangeSlider.from_param(self.population.param.z_range, css_classes=["popsed-z"], **L("Redshift range"),
-                                                          step=0.005, format="0.000", sizing_mode="stretch_width")
-        self.member_select = pn.widgets.Select.from_param(self.population.param.member, css_classes=["popsed-member"], **L("Ensemble"),
-                                                          sizing_mode="stretch_width")
-        self.sample_choice = pn.widgets.RadioButtonGroup.from_param(self.population.param.sample, **L("Samples"),
-                                                                    css_classes=["popsed-sample"],
-                                                                    sizing_mode="stretch_width")
+        self.z_slider = pn.widgets.RangeSlider.from_param(
+            self.population.param.z_range,
+            css_classes=["popsed-z"],
+            **L("Redshift range"),
+            step=0.005,
+            format="0.000",
+            sizing_mode="stretch_width",
+        )
+        self.member_select = pn.widgets.Select.from_param(
+            self.population.param.member,
+            css_classes=["popsed-member"],
+            **L("Ensemble"),
+            sizing_mode="stretch_width",
+        )
+        self.sample_choice = pn.widgets.RadioButtonGroup.from_param(
+            self.population.param.sample,
+            **L("Samples"),
+            css_classes=["popsed-sample"],
+            sizing_mode="stretch_width",
+        )
         self.truth_toggle = pn.widgets.Checkbox.from_param(self.population.param.show_truth,
                                                            **L("Overlay truth (mock runs)"))
         self.population.param.watch(self._sync_member, "member")
 
-        self.catalog_choice = pn.widgets.RadioButtonGroup(**L("Catalog"), options=["sample catalog", "upload"],
-                                                          value="sample catalog", **C("light"))
+        self.catalog_choice = pn.widgets.RadioButtonGroup(
+            **L("Catalog"), options=["sample catalog", "upload"], value="sample catalog", **C("light")
+        )
         self.upload = pn.widgets.FileInput(accept=",".join(CATALOG_SUFFIXES), multiple=False,
                                            sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
-        self.steps_input = pn.widgets.IntInput(css_classes=["popsed-steps"], **L("Steps"), value=DEFAULT_FIT["steps"], start=1, step=50, width=90)
-        self.members_input = pn.widgets.IntInput(css_classes=["popsed-members"], **L("Members"), value=DEFAULT_FIT["members"], start=1, end=16,
-                                                 width=90)
-        self.batch_input = pn.widgets.IntInput(css_classes=["popsed-batch"], **L("Batch"), value=DEFAULT_FIT["batch"], start=64, step=256, width=100)
-        self.start_button = pn.widgets.Button(css_classes=["popsed-start"], **L("▶ Start fit"), **C("success"), sizing_mode="stretch_width")
-        self.stop_button = pn.widgets.Button(css_classes=["popsed-stop"], **L("■ Stop fit"), **C("danger"), disabled=True,
-                                             sizing_mode="stretch_width")
+        self.steps_input = pn.widgets.IntInput(
+            css_classes=["popsed-steps"], **L("Steps"), value=DEFAULT_FIT["steps"], start=1, step=50, width=90
+        )
+        self.members_input = pn.widgets.IntInput(
+            css_classes=["popsed-members"],
+            **L("Members"),
+            value=DEFAULT_FIT["members"],
+            start=1,
+            end=16,
+            width=90,
+        )
+        self.batch_input = pn.widgets.IntInput(
+            css_classes=["popsed-batch"],
+            **L("Batch"),
+            value=DEFAULT_FIT["batch"],
+            start=64,
+            step=256,
+            width=100,
+        )
+        self.start_button = pn.widgets.Button(
+            css_classes=["popsed-start"], **L("▶ Start fit"), **C("success"), sizing_mode="stretch_width"
+        )
+        self.stop_button = pn.widgets.Button(
+            css_classes=["popsed-stop"],
+            **L("■ Stop fit"),
+            **C("danger"),
+            disabled=True,
+            sizing_mode="stretch_width",
+        )
         self.start_button.on_click(lambda e: self.start_fit())
         self.stop_button.on_click(lambda e: self.stop_fit())
 
@@ -162,7 +216,9 @@ class Dashboard(param.Parameterized):
             return
         name = safe_filename(self.upload.filename)
         if not name.lower().endswith(CATALOG_SUFFIXES):
-            self._job_say(f"Unsupported catalog file `{name}` (use one of {', '.join(CATALOG_SUFFIXES)}).", "danger")
+            self._job_say(
+                f"Unsupported catalog file `{name}` (use one of {', '.join(CATALOG_SUFFIXES)}).", "danger"
+            )
             return
         dest = self.runs_dir / "uploads" / name
         try:
@@ -280,16 +336,23 @@ class Dashboard(param.Parameterized):
 
     # ----------------------------------------------------------------- layout
     def _alert(self, text_param, level_param, css="popsed-status"):
-        return pn.bind(lambda t, l: pn.pane.Alert(t, alert_type=l or "info", visible=bool(t), margin=(5, 5),
-                                                  css_classes=[css]),
-                       text_param, level_param)
+        return pn.bind(
+            lambda t, lvl: pn.pane.Alert(
+                t, alert_type=lvl or "info", visible=bool(t), margin=(5, 5), css_classes=[css]
+            ),
+            text_param,
+            level_param,
+        )
 
     def sidebar(self):
         return [
             pn.pane.Markdown("### Run"),
             self.run_select,
-            pn.Row(self.run_input, pn.Column(pn.Spacer(height=18), pn.Row(self.open_button, self.rescan_button)),
-                   sizing_mode="stretch_width"),
+            pn.Row(
+                self.run_input,
+                pn.Column(pn.Spacer(height=18), pn.Row(self.open_button, self.rescan_button)),
+                sizing_mode="stretch_width",
+            ),
             pn.pane.Markdown("### Population cut"),
             self.z_slider,
             self.member_select,
@@ -319,7 +382,9 @@ class Dashboard(param.Parameterized):
 
     def panel(self):
         """Dashboard without the page template (notebooks)."""
-        return pn.Row(pn.Column(*self.sidebar(), width=320), pn.Column(*self.main(), sizing_mode="stretch_width"))
+        return pn.Row(
+            pn.Column(*self.sidebar(), width=320), pn.Column(*self.main(), sizing_mode="stretch_width")
+        )
 
     def template(self):
         """The served page (a FastListTemplate)."""
@@ -351,7 +416,6 @@ def warm_up(run=None) -> float:
     """Server start-up: build and render one dashboard of the default run (all
     tabs), so that imports, datashader's numba kernels and the run's files are
     ready before the first browser session; returns the seconds it took."""
-    import time
 
     from bokeh.document import Document
 
@@ -362,7 +426,12 @@ def warm_up(run=None) -> float:
     try:
         run = run or os.environ.get("POPSED_RUN") or sample_run_dir()
         dash = Dashboard(run)
-        for obj in (dash.monitor.panel(), dash.photometry.plots(), dash.population.plots(), dash.population.corner()):
+        for obj in (
+            dash.monitor.panel(),
+            dash.photometry.plots(),
+            dash.population.plots(),
+            dash.population.corner(),
+        ):
             pn.panel(obj).get_root(Document())
     except Exception:  # noqa: BLE001 - warming up must never stop the server
         pass

@@ -17,7 +17,8 @@ _COLOR_KW = "color" if "color" in pn.widgets.Button.param else "button_type"
 
 
 def C(kind: str) -> dict:
-    """Button colour keyword: ``color`` (newer Panel; ``button_type`` is deprecated there) or ``button_type``."""
+    """Button colour keyword: ``color`` (newer Panel; ``button_type`` is deprecated there) or
+    ``button_type``."""
     return {_COLOR_KW: kind}
 
 

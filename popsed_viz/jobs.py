@@ -31,7 +31,9 @@ def sample_run_dir() -> Path:
 
 
 def sample_catalog() -> Path:
-    return Path(os.environ.get("POPSED_SAMPLE_CATALOG", REPO_ROOT / "sample_data" / "mock_sdss" / "catalog.ecsv"))
+    return Path(
+        os.environ.get("POPSED_SAMPLE_CATALOG", REPO_ROOT / "sample_data" / "mock_sdss" / "catalog.ecsv")
+    )
 
 
 def default_runs_dir() -> Path:
@@ -56,8 +58,14 @@ def new_run_dir(runs_dir: Path, label: str = "fit") -> Path:
     return cand
 
 
-def fit_command(catalog: str | os.PathLike, out: str | os.PathLike, steps: int | None = None,
-                members: int | None = None, extra: list[str] | None = None, batch: int | None = None) -> list[str]:
+def fit_command(
+    catalog: str | os.PathLike,
+    out: str | os.PathLike,
+    steps: int | None = None,
+    members: int | None = None,
+    extra: list[str] | None = None,
+    batch: int | None = None,
+) -> list[str]:
     """The command line of a background fit (the project's own ``popsed fit``).
 
     ``$POPSED_APP_FIT_ARGS`` adds options (e.g. ``--loss sinkhorn --device cuda``).
@@ -89,12 +97,21 @@ class FitJob:
     def start(self) -> "FitJob":
         self.out.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
         env.setdefault("PYTHONUNBUFFERED", "1")
         log = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=str(REPO_ROOT), env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(REPO_ROOT),
+                env=env,
+                start_new_session=True,
+            )
         finally:
             log.close()
         self.started = time.time()

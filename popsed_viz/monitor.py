@@ -10,15 +10,15 @@ from __future__ import annotations
 import math
 import time
 
+import holoviews as hv
 import numpy as np
 import pandas as pd
-import holoviews as hv
 import panel as pn
 import param
 
 from popsed_viz import plots as P
 from popsed_viz.base import L, RunView
-from popsed_viz.reader import STEP_COLUMNS, steps_frame
+from popsed_viz.reader import steps_frame
 
 __all__ = ["TrainingMonitor", "format_duration"]
 
@@ -155,7 +155,9 @@ class TrainingMonitor(RunView):
         prog = 100.0 if self.phase == "done" else (
             min(100.0, 100.0 * self.n_steps / self._expected) if self._expected else 0.0)
         def same(a, b):
-            return (a == b) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+            return (a == b) or (
+                isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+            )
 
         new = {k: v for k, v in (("steps_per_s", rate), ("eta_s", eta), ("progress", prog))
                if not same(getattr(self, k), v)}
@@ -214,7 +216,9 @@ class TrainingMonitor(RunView):
             if len(g):
                 return hv.Curve((g["step"].to_numpy(), g[col].to_numpy()), xd, yd).opts(title=label,
                                                                                        ylim=(None, None))
-        title = f"{label} (not used by this loss)" if col == "blur" and data is not None and len(data) else label
+        title = (
+            f"{label} (not used by this loss)" if col == "blur" and data is not None and len(data) else label
+        )
         return hv.Curve([], xd, yd).opts(ylim=(1e-6, 1) if col == "lr" else (0, 1), title=title)
 
     def schedule_plot(self, col: str, label: str, color: str, width=330, height=200, logy=False):
@@ -236,8 +240,12 @@ class TrainingMonitor(RunView):
         def speed(v):
             return f"{v:.2f}" if v is not None and math.isfinite(v) else "—"
 
-        steps = pn.bind(lambda n: pn.indicators.Number(**L("steps recorded"), value=n, format="{value:,}",
-                                                       font_size="28pt", title_size="11pt"), self.param.n_steps)
+        steps = pn.bind(
+            lambda n: pn.indicators.Number(
+                **L("steps recorded"), value=n, format="{value:,}", font_size="28pt", title_size="11pt"
+            ),
+            self.param.n_steps,
+        )
         rate = pn.bind(lambda v: pn.indicators.String(**L("steps / s"), value=speed(v), font_size="28pt",
                                                       title_size="11pt"), self.param.steps_per_s)
         eta = pn.bind(lambda v: pn.indicators.String(**L("ETA"), value=format_duration(v), font_size="28pt",
@@ -250,8 +258,13 @@ class TrainingMonitor(RunView):
         self.param.watch(_prog, "progress")
         bar.value = int(round(self.progress))
         members = pn.pane.Markdown(self.param.members_text, margin=(0, 10))
-        return pn.Row(pn.panel(steps), pn.panel(rate), pn.panel(eta), pn.Column(pn.pane.Markdown("progress"), bar),
-                      members)
+        return pn.Row(
+            pn.panel(steps),
+            pn.panel(rate),
+            pn.panel(eta),
+            pn.Column(pn.pane.Markdown("progress"), bar),
+            members,
+        )
 
     def panel(self):
         return pn.Column(

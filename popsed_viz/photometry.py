@@ -7,8 +7,8 @@ refreshes when those files change (:meth:`refresh` / :meth:`start_watching`).
 """
 from __future__ import annotations
 
-import numpy as np
 import holoviews as hv
+import numpy as np
 import panel as pn
 import param
 
@@ -88,8 +88,14 @@ class PhotometryView(RunView):
         if r is not None:
             bands = self.bands()
             mags = [f"mag_{b}" for b in bands]
-            use_pop = source == "population" or (source == "auto" and r.exists("population.parquet") and (
-                not r.exists("preview.parquet") or (r.mtime("population.parquet") or 0) >= (r.mtime("preview.parquet") or 0)))
+            use_pop = source == "population" or (
+                source == "auto"
+                and r.exists("population.parquet")
+                and (
+                    not r.exists("preview.parquet")
+                    or (r.mtime("population.parquet") or 0) >= (r.mtime("preview.parquet") or 0)
+                )
+            )
             if use_pop:
                 pop = r.population(["member", "selected"] + mags)
                 if pop is not None and len(pop):
@@ -100,7 +106,10 @@ class PhotometryView(RunView):
                         mm = member_mask(pop["member"].to_numpy(), member, converged_members(r.summary()))
                         if not isinstance(mm, slice):
                             m &= mm
-                    out = (pop.loc[m, [c for c in mags if c in pop]], f"final population, {int(m.sum()):,} samples passing the selection")
+                    out = (
+                        pop.loc[m, [c for c in mags if c in pop]],
+                        f"final population, {int(m.sum()):,} samples passing the selection",
+                    )
             else:
                 pv = r.preview()
                 if pv is not None and len(pv):
@@ -112,7 +121,10 @@ class PhotometryView(RunView):
                     step = ""
                     if "step" in pv and m.any():
                         step = f" at step {int(pv['step'].to_numpy()[m].max())}"
-                    out = (pv.loc[m, [c for c in mags if c in pv]], f"training preview{step}, {int(m.sum()):,} samples")
+                    out = (
+                        pv.loc[m, [c for c in mags if c in pv]],
+                        f"training preview{step}, {int(m.sum()):,} samples",
+                    )
         self._memo_key, self._memo = key, out
         return out
 
@@ -172,9 +184,17 @@ class PhotometryView(RunView):
             obs = self._observed()
             pred, _ = self._predicted(member, source)
             col = f"mag_{band}"
-            o = P.histogram(obs[col] if obs is not None and col in obs else [], xd, edges, P.OBS_COLOR, True, "observed")
-            p = P.histogram(pred[col] if pred is not None and col in pred else [], xd, edges, P.PRED_COLOR, False,
-                            "predicted")
+            o = P.histogram(
+                obs[col] if obs is not None and col in obs else [], xd, edges, P.OBS_COLOR, True, "observed"
+            )
+            p = P.histogram(
+                pred[col] if pred is not None and col in pred else [],
+                xd,
+                edges,
+                P.PRED_COLOR,
+                False,
+                "predicted",
+            )
             return o * p
 
         dm = hv.DynamicMap(cb, streams=[hv.streams.Params(self, ["member", "source", "revision"])])
@@ -207,17 +227,25 @@ class PhotometryView(RunView):
         bands = self.bands()
         self._bands_shown = bands
         if len(bands) < 2:
-            return pn.pane.Alert("No band list in this run (config.json / observed.parquet missing or unreadable).",
-                                 alert_type="warning")
-        cc = [pn.pane.HoloViews(self.colour_colour(c1, c2), linked_axes=False) for c1, c2 in colour_pairs(bands)]
+            return pn.pane.Alert(
+                "No band list in this run (config.json / observed.parquet missing or unreadable).",
+                alert_type="warning",
+            )
+        cc = [
+            pn.pane.HoloViews(self.colour_colour(c1, c2), linked_axes=False) for c1, c2 in colour_pairs(bands)
+        ]
         hists = [pn.pane.HoloViews(self.mag_hist(b), linked_axes=False) for b in bands]
         return pn.Column(pn.FlexBox(*cc), pn.pane.Markdown("#### Magnitudes"), pn.FlexBox(*hists),
                          sizing_mode="stretch_width")
 
     def plots(self):
         """The plots without controls; rebuilt when another run (band list) is shown."""
-        return pn.Column(self._message_pane(), self.caption(), pn.panel(pn.bind(self._grids, self.param.reader)),
-                         sizing_mode="stretch_width")
+        return pn.Column(
+            self._message_pane(),
+            self.caption(),
+            pn.panel(pn.bind(self._grids, self.param.reader)),
+            sizing_mode="stretch_width",
+        )
 
     def controls(self):
         return pn.Column(pn.widgets.Select.from_param(self.param.member, **L("Ensemble")),

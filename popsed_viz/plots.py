@@ -7,10 +7,12 @@ and 1-D distributions as normalised histograms (:func:`histogram`).
 """
 from __future__ import annotations
 
-import numpy as np
 import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend and its options)
+import numpy as np
 from holoviews.operation.datashader import rasterize
+
+from engine.sps.params import KAPPA_NAMES
 
 hv.renderer("bokeh")
 hv.Store.set_current_backend("bokeh")  # also builds hv.opts.<Element> for the bokeh backend
@@ -18,7 +20,18 @@ hv.Store.set_current_backend("bokeh")  # also builds hv.opts.<Element> for the b
 __all__ = ["raster", "contour_path", "histogram", "robust_range", "empty_points", "PALETTE", "LABELS"]
 
 #: Member / series colours (Category10).
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 OBS_COLOR = "#222222"
 PRED_COLOR = "#d62728"
 TRUTH_COLOR = "#1f77b4"
@@ -27,9 +40,7 @@ TRUTH_COLOR = "#1f77b4"
 LABELS = {
     "z": "redshift z",
     "log_mstar": "log M* [M☉]",
-    "kappa1": "κ1",
-    "kappa2": "κ2",
-    "kappa3": "κ3",
+    **{k: f"κ{i}" for i, k in enumerate(KAPPA_NAMES, start=1)},
     "t_burst": "t_burst [Gyr]",
     "f_burst": "f_burst",
     "log_zmet": "log Z/Z☉",
@@ -81,7 +92,9 @@ def finite_xy(x, y):
     return x[ok], y[ok]
 
 
-def robust_range(values, lo: float = 0.5, hi: float = 99.5, pad: float = 0.05, fallback=(0.0, 1.0)) -> tuple[float, float]:
+def robust_range(
+    values, lo: float = 0.5, hi: float = 99.5, pad: float = 0.05, fallback=(0.0, 1.0)
+) -> tuple[float, float]:
     """Percentile range with padding; ``fallback`` when there is no finite value."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
@@ -165,7 +178,9 @@ def contour_path(x, y, xd, yd, xr, yr, fractions=(0.68, 0.95), bins=60, color=PR
         for seg in gen.lines(lv):
             if len(seg) > 2:
                 paths.append(np.asarray(seg))
-    return hv.Path(paths, kdims=[xd, yd], label=label_ or "").opts(color=color, line_dash=line_dash, line_width=2)
+    return hv.Path(paths, kdims=[xd, yd], label=label_ or "").opts(
+        color=color, line_dash=line_dash, line_width=2
+    )
 
 
 def histogram(values, xd: hv.Dimension, edges: np.ndarray, color=PRED_COLOR, filled=True,

@@ -205,7 +205,11 @@ class RunReader:
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path).expanduser() if path not in (None, "") else None
         self.problems: dict[str, str] = {}
-        self.history = HistoryTail(self.path / "history.jsonl") if self.path else HistoryTail("/nonexistent/history.jsonl")
+        self.history = (
+            HistoryTail(self.path / "history.jsonl")
+            if self.path
+            else HistoryTail("/nonexistent/history.jsonl")
+        )
 
     # ------------------------------------------------------------------ files
     def _file(self, name: str) -> Path | None:
@@ -374,7 +378,8 @@ class RunReader:
                 return RunStatus("starting", f"`{self.path.name}`: a fit is starting (no files yet).", "info")
             return RunStatus(
                 "not_a_run",
-                f"`{self.path}` is not a popsed run directory (no config.json, history.jsonl or population.parquet).",
+                f"`{self.path}` is not a popsed run directory (no config.json, history.jsonl or "
+                "population.parquet).",
                 "danger",
             )
         cfg = self.config()
@@ -399,20 +404,28 @@ class RunReader:
         if done and self.exists("population.parquet") and not corrupt:
             return RunStatus("complete", f"`{name}`: fit complete.", "success", details)
         if corrupt:
-            return RunStatus("corrupt", f"`{name}`: some run files are corrupt or unreadable; showing what can be read.", "danger", details)
+            return RunStatus(
+                "corrupt",
+                f"`{name}`: some run files are corrupt or unreadable; showing what can be read.",
+                "danger",
+                details,
+            )
         if locked and not done:
             age = time.time() - (self.mtime("history.jsonl") or self.mtime("run.lock") or time.time())
             if age > self.stall_seconds:
                 return RunStatus(
                     "stalled",
-                    f"`{name}`: run.lock present but no progress for {age / 60:.0f} min — the fit may have died.",
+                    f"`{name}`: run.lock present but no progress for {age / 60:.0f} min — the fit may have "
+                    "died.",
                     "warning",
                     details,
                 )
             return RunStatus("running", f"`{name}`: fit in progress — updating live.", "info", details)
         if not done:
             if self.exists("population.parquet"):
-                return RunStatus("complete", f"`{name}`: population available (no final `done` event).", "warning", details)
+                return RunStatus(
+                    "complete", f"`{name}`: population available (no final `done` event).", "warning", details
+                )
             return RunStatus(
                 "stopped",
                 f"`{name}`: the fit stopped before finishing (no population yet); showing its history.",

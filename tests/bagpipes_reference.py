@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +111,8 @@ def bagpipes_magnitudes(model, theta: torch.Tensor, filter_dir: Path) -> tuple[n
 
 
 def random_comparison_theta(model, n: int, seed: int) -> torch.Tensor:
-    """Random θ across the ranges, with τ1 = 0 and n_dust = 0 (bagpipes' Calzetti has no slope or birth clouds)."""
+    """Random θ across the ranges, with τ1 = 0 and n_dust = 0 (bagpipes' Calzetti has no slope or birth
+    clouds)."""
     g = torch.Generator().manual_seed(seed)
     b = model.bounds.cpu().double()
     th = b[:, 0] + (b[:, 1] - b[:, 0]) * torch.rand(n, b.shape[0], generator=g, dtype=torch.float64)

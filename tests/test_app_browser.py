@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from popsed_viz.testing import CHROMIUM
+from browser import CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
@@ -45,19 +45,38 @@ def app_run(tmp_path_factory):
         return SAMPLE_RUN
     out = tmp_path_factory.mktemp("runs") / "tiny"
     if _engine_fit_available():
-        res = subprocess.run([sys.executable, "-m", "engine.cli", "fit", str(SAMPLE_CATALOG), "--out", str(out),
-                              "--steps", "4", "--members", "2", "--batch", "256", "--no-progress"],
-                             cwd=REPO, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "fit",
+                str(SAMPLE_CATALOG),
+                "--out",
+                str(out),
+                "--steps",
+                "4",
+                "--members",
+                "2",
+                "--batch",
+                "256",
+                "--no-progress",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if res.returncode == 0 and (out / "population.parquet").is_file():
             return out
-    from popsed_viz.testing import write_synthetic_run
+    from synthetic_run import write_synthetic_run
 
     return write_synthetic_run(out, n_population=20000, members=2)
 
 
 @pytest.fixture(scope="module")
 def server(app_run, tmp_path_factory):
-    from popsed_viz.testing import AppServer
+    from browser import AppServer
 
     ARTIFACTS.mkdir(exist_ok=True)
     runs = tmp_path_factory.mktemp("app_runs")
@@ -72,7 +91,7 @@ def server(app_run, tmp_path_factory):
 def browser():
     from playwright.sync_api import sync_playwright
 
-    from popsed_viz.testing import launch_browser
+    from browser import launch_browser
 
     with sync_playwright() as p, launch_browser(p) as b:
         yield b
@@ -80,7 +99,7 @@ def browser():
 
 @pytest.fixture()
 def page(browser):
-    from popsed_viz.testing import JSErrorLog
+    from browser import JSErrorLog
 
     pg = browser.new_page(viewport={"width": 1500, "height": 1000})
     pg.js_errors = JSErrorLog(pg)
@@ -89,14 +108,14 @@ def page(browser):
 
 
 def open_app(page, server):
-    from popsed_viz.testing import wait_for_plots
+    from browser import wait_for_plots
 
     page.goto(server.url)
     wait_for_plots(page, 4, timeout=90, titles=[LOSS])
 
 
 def show_tab(page, name, titles=None, absent=None, n=1):
-    from popsed_viz.testing import wait_for_plots
+    from browser import wait_for_plots
 
     page.locator(".bk-tab").filter(has_text=name).click()
     return wait_for_plots(page, n, timeout=60, titles=titles, absent=absent)
@@ -146,7 +165,7 @@ def test_localhost_binding(server):
 
 
 def test_app_loads_with_plots_drawn(page, server):
-    from popsed_viz.testing import text_of
+    from browser import text_of
 
     t0 = time.time()
     open_app(page, server)
@@ -167,7 +186,7 @@ def test_app_loads_with_plots_drawn(page, server):
 
 
 def test_redshift_range_changes_sfms_and_sessions_do_not_interfere(browser, page, server):
-    from popsed_viz.testing import JSErrorLog, plot_data_signature, wait_for_plots
+    from browser import JSErrorLog, plot_data_signature, wait_for_plots
 
     other = browser.new_page(viewport={"width": 1500, "height": 1000})
     other_errors = JSErrorLog(other)
@@ -194,7 +213,8 @@ def test_redshift_range_changes_sfms_and_sessions_do_not_interfere(browser, page
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "partial"])
 def test_bad_run_directory_shows_a_message(page, server, tmp_path, kind):
-    from popsed_viz.testing import text_of, write_synthetic_run
+    from browser import text_of
+    from synthetic_run import write_synthetic_run
 
     path = tmp_path / "run"
     expected = {"missing": "not found", "corrupt": "corrupt", "partial": "in progress"}[kind]
@@ -220,7 +240,7 @@ def test_bad_run_directory_shows_a_message(page, server, tmp_path, kind):
 
 @pytest.mark.skipif(not _engine_fit_available(), reason="engine.population / sample catalog not available")
 def test_start_fit_makes_loss_curve_grow_and_stop(page, server):
-    from popsed_viz.testing import plot_data_signature, text_of
+    from browser import plot_data_signature, text_of
 
     open_app(page, server)
     for css, value in ((".popsed-steps", "40"), (".popsed-members", "1"), (".popsed-batch", "256")):
@@ -229,7 +249,9 @@ def test_start_fit_makes_loss_curve_grow_and_stop(page, server):
         box.press("Enter")
     time.sleep(0.5)
     page.locator(".popsed-start button").click()
-    assert wait_until(lambda: "running" in text_of(page, ".popsed-job"), timeout=20), text_of(page, ".popsed-job")
+    assert wait_until(lambda: "running" in text_of(page, ".popsed-job"), timeout=20), text_of(
+        page, ".popsed-job"
+    )
     # the app now shows the new run: wait for its first steps, then for the curve to grow
     assert wait_until(lambda: "sample-" in page.locator(".popsed-run-input input").input_value(), timeout=20)
     counts = []

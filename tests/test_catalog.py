@@ -141,7 +141,9 @@ def test_magnitude_to_flux_numbers():
     t = Table({"mag_sdss2010-r": [22.5, 20.0, 0.0] * 40, "mag_err_sdss2010-r": [0.1, 0.1, 0.01] * 40})
     cat = read_catalog(t, min_rows=100)
     np.testing.assert_allclose(cat.flux[:3, 0], [1.0, 10.0, 1e9], rtol=1e-12)
-    np.testing.assert_allclose(cat.flux_err[:3, 0], [0.4 * LN10 * 0.1, 0.4 * LN10, 0.4 * LN10 * 1e7], rtol=1e-12)
+    np.testing.assert_allclose(
+        cat.flux_err[:3, 0], [0.4 * LN10 * 0.1, 0.4 * LN10, 0.4 * LN10 * 1e7], rtol=1e-12
+    )
     np.testing.assert_allclose(cat.magnitudes()[:3, 0], [22.5, 20.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(cat.magnitude_errors()[:3, 0], [0.1, 0.1, 0.01], rtol=1e-12)
     assert cat.path is None and len(cat) == 120
@@ -214,8 +216,13 @@ def test_flux_unit_conflict_and_bad_unit(tmp_path):
 
 def test_flux_unit_map_versus_argument():
     t = _flux_table()
-    raises_one_line(r"column map: flux_unit 'maggy' contradicts the flux unit given \('uJy'\)", read_catalog, t,
-                    columns={"flux_unit": "maggy"}, flux_unit="uJy")
+    raises_one_line(
+        r"column map: flux_unit 'maggy' contradicts the flux unit given \('uJy'\)",
+        read_catalog,
+        t,
+        columns={"flux_unit": "maggy"},
+        flux_unit="uJy",
+    )
     assert read_catalog(t, columns={"flux_unit": "nmgy"}, flux_unit="nanomaggy").bands == ("sdss2010-r",)
 
 
@@ -270,8 +277,10 @@ def test_hdf5_group_of_datasets_dc2_style(tmp_path):
                 e[30:40] = 60.0
             g[f"mag_{b}_lsst"] = m
             g[f"mag_err_{b}_lsst"] = e
-    cmap = {"bands": {f"lsst2023-{b}": {"mag": f"mag_{b}_lsst", "mag_err": f"mag_err_{b}_lsst"} for b in "ugr"},
-            "z_spec": "redshift"}
+    cmap = {
+        "bands": {f"lsst2023-{b}": {"mag": f"mag_{b}_lsst", "mag_err": f"mag_err_{b}_lsst"} for b in "ugr"},
+        "z_spec": "redshift",
+    }
     cat = read_catalog(p, columns=cmap)
     assert_consistent(cat, 100)
     assert cat.bands == ("lsst2023-u", "lsst2023-g", "lsst2023-r")
@@ -280,8 +289,12 @@ def test_hdf5_group_of_datasets_dc2_style(tmp_path):
     # two groups → must choose
     with h5py.File(p, "a") as f:
         f.create_group("other")["x"] = np.arange(5.0)
-    raises_one_line(r"dc2like.hdf5: the HDF5 file holds 2 tables \(other, photometry\); choose one with 'table:'",
-                    read_catalog, p, columns=cmap)
+    raises_one_line(
+        r"dc2like.hdf5: the HDF5 file holds 2 tables \(other, photometry\); choose one with 'table:'",
+        read_catalog,
+        p,
+        columns=cmap,
+    )
     cat2 = read_catalog(p, columns={**cmap, "table": "photometry"})
     np.testing.assert_array_equal(cat2.flux, cat.flux)
 
@@ -331,7 +344,9 @@ def test_extinction_argument_scales_fluxes():
     np.testing.assert_allclose(ext2.flux[:, 2], plain.flux[:, 2] * 10 ** (0.4 * np.linspace(0, 1, 120)))
     raises_one_line(r"extinction given for band sdss2010-z, which is not among the bands read",
                     read_catalog, t, extinction={"sdss2010-z": 0.1})
-    raises_one_line(r"extinction for band sdss2010-r is -1 mag", read_catalog, t, extinction={"sdss2010-r": -1})
+    raises_one_line(
+        r"extinction for band sdss2010-r is -1 mag", read_catalog, t, extinction={"sdss2010-r": -1}
+    )
 
 
 def test_fits_vector_columns_through_map(tmp_path):
@@ -435,7 +450,13 @@ def test_catalog_from_arrays():
     np.testing.assert_array_equal(cat.flux[8:], f[8:])
     assert cat.sha256 == catalog_from_arrays(["sdss2010-g", "sdss2010-r"], f, s,
                                              z_spec=cat.z_spec).sha256
-    raises_one_line(r"<arrays>: only 45 usable galaxies \(of 50 rows; 5 have no measured band\)", catalog_from_arrays, ["sdss2010-g"], f[:50, :1], s[:50, :1])
+    raises_one_line(
+        r"<arrays>: only 45 usable galaxies \(of 50 rows; 5 have no measured band\)",
+        catalog_from_arrays,
+        ["sdss2010-g"],
+        f[:50, :1],
+        s[:50, :1],
+    )
     raises_one_line(r"must both be \(N, 2\)", catalog_from_arrays, ["sdss2010-g", "sdss2010-r"], f, s[:, :1])
     s2 = s.copy()
     s2[10, 0] = -0.3
@@ -480,37 +501,64 @@ def test_error_empty_file(tmp_path):
 
 def test_error_no_band_columns(tmp_path):
     p = write(Table({"u": np.ones(120), "u_err": np.ones(120), "ra": np.zeros(120)}), tmp_path / "nob.csv")
-    raises_one_line(r"no band columns in .*nob\.csv: expected mag_<band>/mag_err_<band> .*columns present: u, u_err, ra",
-                    read_catalog, p)
+    raises_one_line(
+        r"no band columns in .*nob\.csv: expected mag_<band>/mag_err_<band> .*columns present: u, u_err, ra",
+        read_catalog,
+        p,
+    )
     t = Table({"mag_u": np.ones(120), "mag_err_u": np.ones(120)})
-    raises_one_line(r"columns mag_u/mag_err_u look like photometry: map them to speclite bands with a column map "
-                    r"\(--columns\), e\.g\. bands: \{<band>: \{mag: mag_u, mag_err: mag_err_u\}\}", read_catalog, t)
+    raises_one_line(
+        r"columns mag_u/mag_err_u look like photometry: map them to speclite bands with a column map "
+        r"\(--columns\), e\.g\. bands: \{<band>: \{mag: mag_u, mag_err: mag_err_u\}\}",
+        read_catalog,
+        t,
+    )
     t = Table({"mag_u": np.ones(120), "mag_g": np.ones(120)})
-    raises_one_line(r"columns mag_u, mag_g look like photometry but their band names are not speclite", read_catalog, t)
+    raises_one_line(
+        r"columns mag_u, mag_g look like photometry but their band names are not speclite", read_catalog, t
+    )
 
 
 def test_error_band_asked_for_but_absent():
-    msg = raises_one_line(r"no columns for band\(s\) sdss2010-z .*bands found: sdss2010-u, sdss2010-g, sdss2010-r",
-                          read_catalog, mags_table(), bands=["sdss2010-r", "sdss2010-z"])
+    msg = raises_one_line(
+        r"no columns for band\(s\) sdss2010-z .*bands found: sdss2010-u, sdss2010-g, sdss2010-r",
+        read_catalog,
+        mags_table(),
+        bands=["sdss2010-r", "sdss2010-z"],
+    )
     assert "did you mean" not in msg
-    raises_one_line(r"no columns for band\(s\) sdss2010noatm-r .*; did you mean sdss2010noatm-r → sdss2010-r\?$",
-                    read_catalog, mags_table(), bands=["sdss2010noatm-r"])
+    raises_one_line(
+        r"no columns for band\(s\) sdss2010noatm-r .*; did you mean sdss2010noatm-r → sdss2010-r\?$",
+        read_catalog,
+        mags_table(),
+        bands=["sdss2010noatm-r"],
+    )
 
 
 def test_error_unknown_band_name():
-    raises_one_line(r"unknown band 'sdss-r' \(not a speclite filter name nor an ECSV filter file\); did you mean "
-                    r"'sdss2010-r'",
-                    read_catalog, mags_table(), bands=["sdss-r"])
-    raises_one_line(r"unknown band 'sdss2010-q'.*did you mean", read_catalog, mags_table(), bands="sdss2010-q")
+    raises_one_line(
+        r"unknown band 'sdss-r' \(not a speclite filter name nor an ECSV filter file\); did you mean "
+        r"'sdss2010-r'",
+        read_catalog,
+        mags_table(),
+        bands=["sdss-r"],
+    )
+    raises_one_line(
+        r"unknown band 'sdss2010-q'.*did you mean", read_catalog, mags_table(), bands="sdss2010-q"
+    )
 
 
 def test_error_band_without_errors():
     t = mags_table()
     del t["mag_err_sdss2010-g"]
-    raises_one_line(r"band sdss2010-g has values \(column mag_sdss2010-g\) but no error column", read_catalog, t)
+    raises_one_line(
+        r"band sdss2010-g has values \(column mag_sdss2010-g\) but no error column", read_catalog, t
+    )
     t = _flux_table()
     del t["flux_err_sdss2010-r"]
-    raises_one_line(r"band sdss2010-r has values \(column flux_sdss2010-r\) but no error column", read_catalog, t)
+    raises_one_line(
+        r"band sdss2010-r has values \(column flux_sdss2010-r\) but no error column", read_catalog, t
+    )
     raises_one_line(r"band sdss2010-u has 'mag_err'/'flux_ivar' but no 'mag' column", read_catalog,
                     mags_table(), columns={"bands": {"sdss2010-u": {"mag_err": "mag_err_sdss2010-u"}}})
 
@@ -532,9 +580,12 @@ def test_error_zero_errors_leave_too_few(tmp_path):
     t = mags_table(200)
     t["mag_err_sdss2010-g"][:120] = 0.0
     p = write(t, tmp_path / "zeros.csv")
-    raises_one_line(r"zeros\.csv: band sdss2010-g \(mag_sdss2010-g ± mag_err_sdss2010-g \[AB mag\]\) keeps only "
-                    r"80 of 200 rows \(40\.0 %\) with a measurement; no measurement: err=0 ×120; need ≥ 50 %",
-                    read_catalog, p)
+    raises_one_line(
+        r"zeros\.csv: band sdss2010-g \(mag_sdss2010-g ± mag_err_sdss2010-g \[AB mag\]\) keeps only "
+        r"80 of 200 rows \(40\.0 %\) with a measurement; no measurement: err=0 ×120; need ≥ 50 %",
+        read_catalog,
+        p,
+    )
 
 
 def test_error_nan_inf_values(tmp_path):
@@ -555,13 +606,17 @@ def test_error_sentinels_leave_too_few():
     t = mags_table(200)
     t["mag_sdss2010-u"][:70] = 99.0
     t["mag_sdss2010-u"][70:110] = -99.0
-    raises_one_line(r"band sdss2010-u .* keeps only 90 of 200 rows .*mag=99 ×70, mag=-99 ×40", read_catalog, t)
+    raises_one_line(
+        r"band sdss2010-u .* keeps only 90 of 200 rows .*mag=99 ×70, mag=-99 ×40", read_catalog, t
+    )
 
 
 def test_error_band_appears_twice(tmp_path):
     t = mags_table(120)
     t["MAG_SDSS2010-R"] = t["mag_sdss2010-r"]
-    raises_one_line(r"band sdss2010-r appears twice: columns mag_sdss2010-r and MAG_SDSS2010-R", read_catalog, t)
+    raises_one_line(
+        r"band sdss2010-r appears twice: columns mag_sdss2010-r and MAG_SDSS2010-R", read_catalog, t
+    )
     t = mags_table(120)
     t["sdss2010-r"] = t["mag_sdss2010-r"]  # bare band name = magnitudes too
     raises_one_line(r"band sdss2010-r appears twice: columns mag_sdss2010-r and sdss2010-r", read_catalog, t)
@@ -569,24 +624,45 @@ def test_error_band_appears_twice(tmp_path):
     p = tmp_path / "dup.csv"
     lines = ["mag_sdss2010-r,mag_err_sdss2010-r,mag_sdss2010-r"] + ["20.0,0.1,20.1"] * 120
     p.write_text("\n".join(lines) + "\n")
-    raises_one_line(r"dup\.csv: band sdss2010-r appears twice: column mag_sdss2010-r occurs twice", read_catalog, p)
+    raises_one_line(
+        r"dup\.csv: band sdss2010-r appears twice: column mag_sdss2010-r occurs twice", read_catalog, p
+    )
     # bands asked for twice
     raises_one_line(r"band sdss2010-r appears twice in the bands asked for", read_catalog, mags_table(),
                     bands=["sdss2010-r", "SDSS2010-R"])
     # column map with a duplicate key (YAML and JSON)
     y = tmp_path / "dup.yml"
     y.write_text("bands:\n  sdss2010-r: {mag: a, mag_err: b}\n  sdss2010-r: {mag: c, mag_err: d}\n")
-    raises_one_line(r"column map .*dup\.yml: band 'sdss2010-r' appears twice", read_catalog, mags_table(), columns=y)
+    raises_one_line(
+        r"column map .*dup\.yml: band 'sdss2010-r' appears twice", read_catalog, mags_table(), columns=y
+    )
     j = tmp_path / "dup.json"
     j.write_text('{"bands": {"sdss2010-r": {"mag": "a", "mag_err": "b"}, "sdss2010-r": {"mag": "a"}}}')
-    raises_one_line(r"column map .*dup\.json: band 'sdss2010-r' appears twice", read_catalog, mags_table(), columns=j)
-    raises_one_line(r"band sdss2010-r appears twice", read_catalog, mags_table(),
-                    columns={"bands": {"sdss2010-r": {"mag": "mag_sdss2010-r", "mag_err": "mag_err_sdss2010-r"},
-                                       "SDSS2010-R": {"mag": "mag_sdss2010-g", "mag_err": "mag_err_sdss2010-g"}}})
-    raises_one_line(r"column mag_sdss2010-r is used for two bands \(sdss2010-r and sdss2010-g\)", read_catalog,
-                    mags_table(), columns={"bands": {
-                        "sdss2010-r": {"mag": "mag_sdss2010-r", "mag_err": "mag_err_sdss2010-r"},
-                        "sdss2010-g": {"mag": "mag_sdss2010-r", "mag_err": "mag_err_sdss2010-g"}}})
+    raises_one_line(
+        r"column map .*dup\.json: band 'sdss2010-r' appears twice", read_catalog, mags_table(), columns=j
+    )
+    raises_one_line(
+        r"band sdss2010-r appears twice",
+        read_catalog,
+        mags_table(),
+        columns={
+            "bands": {
+                "sdss2010-r": {"mag": "mag_sdss2010-r", "mag_err": "mag_err_sdss2010-r"},
+                "SDSS2010-R": {"mag": "mag_sdss2010-g", "mag_err": "mag_err_sdss2010-g"},
+            }
+        },
+    )
+    raises_one_line(
+        r"column mag_sdss2010-r is used for two bands \(sdss2010-r and sdss2010-g\)",
+        read_catalog,
+        mags_table(),
+        columns={
+            "bands": {
+                "sdss2010-r": {"mag": "mag_sdss2010-r", "mag_err": "mag_err_sdss2010-r"},
+                "sdss2010-g": {"mag": "mag_sdss2010-r", "mag_err": "mag_err_sdss2010-g"},
+            }
+        },
+    )
 
 
 def test_error_parquet_duplicate_columns(tmp_path):
@@ -607,17 +683,24 @@ def test_error_flux_and_magnitude_disagree(tmp_path):
             t[c].unit = None
             t[c] *= 3.631  # really uJy, read as nanomaggies
     p = write(t, tmp_path / "mix.ecsv")
-    raises_one_line(r"mix\.ecsv: band sdss2010-u: flux column flux_sdss2010-u and magnitude column mag_sdss2010-u "
-                    r"disagree: 200 of 200 rows \(S/N≥5\) differ by more than 0\.05 mag \(median m\(flux\) − mag = -1\.400\)",
-                    read_catalog, p)
+    raises_one_line(
+        r"mix\.ecsv: band sdss2010-u: flux column flux_sdss2010-u and magnitude column mag_sdss2010-u "
+        r"disagree: 200 of 200 rows \(S/N≥5\) differ by more than 0\.05 mag \(median m\(flux\) − mag = "
+        r"-1\.400\)",
+        read_catalog,
+        p,
+    )
     # the right unit makes them agree
     assert read_catalog(p, flux_unit="uJy").bands == BANDS
 
 
 def test_error_fewer_than_100_usable(tmp_path):
     p = write(mags_table(99), tmp_path / "small.fits")
-    raises_one_line(r"small\.fits: only 99 usable galaxies \(of 99 rows; 0 have no measured band\); need at least 100",
-                    read_catalog, p)
+    raises_one_line(
+        r"small\.fits: only 99 usable galaxies \(of 99 rows; 0 have no measured band\); need at least 100",
+        read_catalog,
+        p,
+    )
     t = mags_table(150, bands=BANDS[:1])
     t["mag_sdss2010-u"][:60] = 99.0
     raises_one_line(r"only 90 usable galaxies \(of 150 rows; 60 have no measured band\)", read_catalog, t)
@@ -629,17 +712,27 @@ def test_error_non_numeric_column(tmp_path):
     p = tmp_path / "text.csv"
     rows = ["mag_sdss2010-r,mag_err_sdss2010-r"] + ["20.5,0.1"] * 118 + ["bright,0.1", "20.1,0.1"]
     p.write_text("\n".join(rows) + "\n")
-    raises_one_line(r"text\.csv: column mag_sdss2010-r is not numeric: 1 of 120 values are not numbers \(e\.g\. 'bright'\)",
-                    read_catalog, p)
+    raises_one_line(
+        r"text\.csv: column mag_sdss2010-r is not numeric: 1 of 120 values are not numbers \(e\.g\. "
+        r"'bright'\)",
+        read_catalog,
+        p,
+    )
 
 
 def test_error_bands_not_covered_by_emulator():
     cat = read_catalog(mags_table())
     check_bands(cat, list(BANDS) + ["sdss2010-z"])
-    raises_one_line(r"catalog band\(s\) sdss2010-u not covered by the emulator \(it has sdss2010-g, sdss2010-r, "
-                    r"sdss2010noatm-u\).*similar: sdss2010-u → sdss2010noatm-u\?",
-                    check_bands, cat, ["sdss2010-g", "sdss2010-r", "sdss2010noatm-u"])
-    raises_one_line(r"not covered by the forward model", check_bands, cat, ["galex-nuv"], what="forward model")
+    raises_one_line(
+        r"catalog band\(s\) sdss2010-u not covered by the emulator \(it has sdss2010-g, sdss2010-r, "
+        r"sdss2010noatm-u\).*similar: sdss2010-u → sdss2010noatm-u\?",
+        check_bands,
+        cat,
+        ["sdss2010-g", "sdss2010-r", "sdss2010noatm-u"],
+    )
+    raises_one_line(
+        r"not covered by the forward model", check_bands, cat, ["galex-nuv"], what="forward model"
+    )
 
 
 def test_error_spec_z_outside_range(tmp_path):
@@ -664,8 +757,13 @@ def test_error_column_map_problems(tmp_path):
                     read_catalog, t, columns={"band": {}})
     raises_one_line(r"unknown key\(s\) mag_error for band 'sdss2010-r'", read_catalog, t,
                     columns={"bands": {"sdss2010-r": {"mag": "mag_sdss2010-r", "mag_error": "x"}}})
-    raises_one_line(r"column 'mag_r' \(sdss2010-r mag value, from column map\) not found; columns present: mag_sdss2010-u",
-                    read_catalog, t, columns={"bands": {"sdss2010-r": {"mag": "mag_r", "mag_err": "mag_err_sdss2010-r"}}})
+    raises_one_line(
+        r"column 'mag_r' \(sdss2010-r mag value, from column map\) not found; columns present: "
+         "mag_sdss2010-u",
+        read_catalog,
+        t,
+        columns={"bands": {"sdss2010-r": {"mag": "mag_r", "mag_err": "mag_err_sdss2010-r"}}},
+    )
     raises_one_line(r"z_spec column 'redshift' \(from column map\) not found", read_catalog, t,
                     columns={"z_spec": "redshift"})
     bad = tmp_path / "bad.yml"
@@ -762,7 +860,9 @@ def garbage_tables(draw):
             else:
                 t[f"flux_{name}"] = _column(draw, n, -5, 1e4)
                 t[f"flux_err_{name}"] = _column(draw, n, 1e-3, 50)
-            unit = draw(st.sampled_from([None, None, "nanomaggy", "uJy", "Jy", "maggy", "m", "bogus", "erg/s"]))
+            unit = draw(
+                st.sampled_from([None, None, "nanomaggy", "uJy", "Jy", "maggy", "m", "bogus", "erg/s"])
+            )
             if unit and kind != "both":
                 t[f"flux_{name}"].unit = unit
         if kind == "ivar":
@@ -840,8 +940,12 @@ def test_property_files_with_garbage(tmp_path, t, suffix):
 @PROP
 @given(n=st.integers(1, 40), data=st.data())
 def test_property_catalog_from_arrays(n, data):
-    f = data.draw(hnp.arrays(np.float64, (n, 2), elements=st.one_of(st.floats(-10, 1e3), st.sampled_from(GARBAGE))))
-    s = data.draw(hnp.arrays(np.float64, (n, 2), elements=st.one_of(st.floats(1e-3, 10), st.sampled_from(GARBAGE))))
+    f = data.draw(
+        hnp.arrays(np.float64, (n, 2), elements=st.one_of(st.floats(-10, 1e3), st.sampled_from(GARBAGE)))
+    )
+    s = data.draw(
+        hnp.arrays(np.float64, (n, 2), elements=st.one_of(st.floats(1e-3, 10), st.sampled_from(GARBAGE)))
+    )
     try:
         cat = catalog_from_arrays(["sdss2010-g", "sdss2010-r"], f, s, min_rows=1)
     except CatalogError as exc:
@@ -958,11 +1062,13 @@ def test_million_row_parquet_bounded_memory(big_parquet, tmp_path):
     _write_big_parquet(small, 10)
     info = measure_parquet_read(big_parquet, small)
     over = info["numpy_peak_mb"] - info["out_mb"]
-    print(f"\n10^6-row Parquet ({info['file_mb']:.0f} MB file): {info['rows']} rows x {info['bands']} bands in "
-          f"{info['seconds']:.2f} s ({info['rows'] / info['seconds']:.3g} rows/s); numpy peak "
-          f"{info['numpy_peak_mb']:.0f} MB = {info['out_mb']:.0f} MB output + {over:.0f} MB temporaries; "
-          f"arrow pool peak {info['arrow_pool_peak_mb']:.0f} MB; RSS {info['rss_before_mb']} -> peak "
-          f"{info['rss_peak_mb']} MB")
+    print(
+        f"\n10^6-row Parquet ({info['file_mb']:.0f} MB file): {info['rows']} rows x {info['bands']} bands in "
+        f"{info['seconds']:.2f} s ({info['rows'] / info['seconds']:.3g} rows/s); numpy peak "
+        f"{info['numpy_peak_mb']:.0f} MB = {info['out_mb']:.0f} MB output + {over:.0f} MB temporaries; "
+        f"arrow pool peak {info['arrow_pool_peak_mb']:.0f} MB; RSS {info['rss_before_mb']} -> peak "
+        f"{info['rss_peak_mb']} MB"
+    )
     assert info["rows"] == 1_000_000 and info["bands"] == 3
     # temporaries: a handful of single-band columns (8 MB each at 10^6 rows), never another (N, B) copy
     assert over < 8 * 8.0, info
@@ -986,8 +1092,12 @@ def test_iter_parquet_batches_and_sample(big_parquet):
     s2 = read_parquet_sample(big_parquet, 5000, seed=1, columns=["row"])
     np.testing.assert_array_equal(s2["row"], s["row"])  # reproducible
     assert 0.4 < np.mean(s["row"]) / 1e6 < 0.6  # spread over the whole file
-    raises_one_line(r"column\(s\) nope not in the Parquet file", lambda: next(iter_parquet_batches(big_parquet, ["nope"])))
-    raises_one_line(r"cannot sample 2000000 rows from 1000000", read_parquet_sample, big_parquet, 2_000_000, seed=0)
+    raises_one_line(
+        r"column\(s\) nope not in the Parquet file", lambda: next(iter_parquet_batches(big_parquet, ["nope"]))
+    )
+    raises_one_line(
+        r"cannot sample 2000000 rows from 1000000", read_parquet_sample, big_parquet, 2_000_000, seed=0
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1013,13 +1123,19 @@ def test_real_sdss_mgs_csv_with_column_map(tmp_path):
     med_r = np.median(cat.magnitudes()[:, 2])
     assert 16.8 < med_r < 17.1  # README: median r 16.92
     check_redshift(cat, 0.0, 0.3)
-    raises_one_line(r"no band columns in .*sdss_mgs_10k\.csv.*columns present: split, zspec, u, g", read_catalog, p)
+    raises_one_line(
+        r"no band columns in .*sdss_mgs_10k\.csv.*columns present: split, zspec, u, g", read_catalog, p
+    )
 
 
 def test_real_dc2_hdf5_sentinels():
     p = _need(SHARED_DATA / "dc2" / "test_dc2_training_9816.hdf5")
-    cmap = {"bands": {f"lsst2023-{b}": {"mag": f"mag_{b}_lsst", "mag_err": f"mag_err_{b}_lsst"} for b in "ugrizy"},
-            "z_spec": "redshift"}
+    cmap = {
+        "bands": {
+            f"lsst2023-{b}": {"mag": f"mag_{b}_lsst", "mag_err": f"mag_err_{b}_lsst"} for b in "ugrizy"
+        },
+        "z_spec": "redshift",
+    }
     cat = read_catalog(p, columns=cmap)
     assert_consistent(cat, 100)
     assert len(cat) == 10_225
@@ -1042,9 +1158,16 @@ def test_real_kcorrect_fits_ivar_and_extinction():
                                                      for k, v in cmap["bands"].items()}})
     assert np.all(cat.flux[:, 2][raw.flux[:, 2] > 0] >= raw.flux[:, 2][raw.flux[:, 2] > 0])
     # GALEX: 0 = no match, -99 = no measurement → < 50 % measured, refused
-    galex = {"bands": {"galex-nuv": {"flux": "NUV_FLUX_AUTO", "flux_err": "NUV_FLUXERR_AUTO"}}, "flux_unit": "nanomaggy"}
-    raises_one_line(r"gst_tests_small\.fits: band galex-nuv .* keeps only 774 of 10000 rows .*flux=-99 ×40", read_catalog,
-                    p, columns=galex)
+    galex = {
+        "bands": {"galex-nuv": {"flux": "NUV_FLUX_AUTO", "flux_err": "NUV_FLUXERR_AUTO"}},
+        "flux_unit": "nanomaggy",
+    }
+    raises_one_line(
+        r"gst_tests_small\.fits: band galex-nuv .* keeps only 774 of 10000 rows .*flux=-99 ×40",
+        read_catalog,
+        p,
+        columns=galex,
+    )
 
 
 def test_real_kcorrect_training_and_boss():
@@ -1053,10 +1176,22 @@ def test_real_kcorrect_training_and_boss():
                       for i, b in enumerate("ugriz")}, "z_spec": "REDSHIFT", "flux_unit": "nanomaggy"}
     cat = read_catalog(p, columns=cmap)
     assert "ivar=0/inf ×1633" in cat.report[0] and len(cat) == 31_924
-    raises_one_line(r"band twomass-J .* keeps only 4685 of 31924 rows", read_catalog, p,
-                    columns={**cmap, "bands": {"twomass-J": {"flux": "MAGGIES[5]", "flux_ivar": "MAGGIES_IVAR[5]"}}})
+    raises_one_line(
+        r"band twomass-J .* keeps only 4685 of 31924 rows",
+        read_catalog,
+        p,
+        columns={**cmap, "bands": {"twomass-J": {"flux": "MAGGIES[5]", "flux_ivar": "MAGGIES_IVAR[5]"}}},
+    )
     b = _need(SHARED_DATA / "real" / "annz_boss_dr10" / "boss_dr10_specz_union.csv")
-    cat = read_catalog(b, columns={"bands": {f"sdss2010-{x}": {"mag": f"MAG_{x.upper()}", "mag_err": f"MAGERR_{x.upper()}"}
-                                             for x in "ugriz"}, "z_spec": "Z"})
+    cat = read_catalog(
+        b,
+        columns={
+            "bands": {
+                f"sdss2010-{x}": {"mag": f"MAG_{x.upper()}", "mag_err": f"MAGERR_{x.upper()}"}
+                for x in "ugriz"
+            },
+            "z_spec": "Z",
+        },
+    )
     assert_consistent(cat, 100)
     assert f"mag err>{MAX_MAG_ERR:g} ×5861" in cat.report[0]

@@ -1,4 +1,8 @@
-"""Ensembles and SPS training sets on dask.distributed (engine.population.distributed, engine.emulator.dataset)."""
+"""Ensembles and SPS training sets on dask.distributed.
+
+(engine.population.distributed, engine.emulator.dataset)
+"""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +10,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -20,8 +23,16 @@ distributed = pytest.importorskip("distributed")
 
 BANDS = ("sdss2010-g", "sdss2010-r", "sdss2010-i")
 TOY = "engine.population.toy:ToyForwardModel"
-SMALL = dict(members=2, steps=40, batch=128, selection="sdss2010-r<20.5", flow=FlowConfig(layers=2, hidden=16),
-             val_every=5, population_samples=400, checkpoint_every=7)
+SMALL = dict(
+    members=2,
+    steps=40,
+    batch=128,
+    selection="sdss2010-r<20.5",
+    flow=FlowConfig(layers=2, hidden=16),
+    val_every=5,
+    population_samples=400,
+    checkpoint_every=7,
+)
 # marker of the "lost worker" test: a worker that builds the dying forward model while it is absent exits
 DIE_MARKER = os.environ.setdefault("POPSED_TEST_DIE_MARKER",
                                    os.path.join(tempfile.gettempdir(), f"popsed-die-{os.getpid()}"))
@@ -88,7 +99,9 @@ def _check_all_members(run_dir, members, steps):
         assert (d / "flows" / f"member_{k}.pt").is_file() and (d / "checkpoints" / f"member_{k}.pt").is_file()
     assert sorted(e["member"] for e in hist if e["event"] == "member_done") == list(range(members))
     pop = pq.read_table(d / "population.parquet")
-    assert set(pop.column("member").to_pylist()) == set(range(members)), "a member is missing from population.parquet"
+    assert set(pop.column("member").to_pylist()) == set(range(members)), (
+        "a member is missing from population.parquet"
+    )
     assert not (d / "run.lock").exists() and not list(d.glob(".*.tmp"))
     return hist
 
@@ -101,7 +114,9 @@ def test_two_workers_train_two_members_concurrently(tmp_path, cat):
     for ev in iter_fit(cat, out, forward=TOY, workers=2, **SMALL):
         if ev["event"] == "step" and ev["member"] not in seen_live:
             lines = (out / "history.jsonl").read_text().splitlines()
-            assert json.loads(lines[-1]) == json.loads(json.dumps(ev)), "the event is not in history.jsonl yet"
+            assert json.loads(lines[-1]) == json.loads(json.dumps(ev)), (
+                "the event is not in history.jsonl yet"
+            )
             seen_live.add(ev["member"])
     assert seen_live == {0, 1}
     hist = _check_all_members(out, 2, SMALL["steps"])
@@ -111,7 +126,9 @@ def test_two_workers_train_two_members_concurrently(tmp_path, cat):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["execution"]["workers"] == 2
     seq = fit(cat, tmp_path / "seq", forward=TOY, **SMALL)
-    assert _losses(out) == _losses(seq.path), "a member trained on a worker differs from the same member in-process"
+    assert _losses(out) == _losses(seq.path), (
+        "a member trained on a worker differs from the same member in-process"
+    )
     a, b = Run(out).population().to_pydict(), seq.population().to_pydict()
     assert a["log_mstar"] == b["log_mstar"]
 
@@ -165,7 +182,8 @@ def test_lost_worker_member_is_retried(tmp_path, cat, cluster):
 
 
 def test_cli_fit_on_a_scheduler_and_resume(tmp_path, cat, cluster):
-    """`popsed fit --scheduler ADDR`; a kill-free interruption (stop iterating) then `--resume --scheduler`."""
+    """`popsed fit --scheduler ADDR`; a kill-free interruption (stop iterating) then
+    `--resume --scheduler`."""
     from engine.cli import main
 
     catalog = tmp_path / "cat.ecsv"
@@ -190,8 +208,7 @@ def test_cli_fit_on_a_scheduler_and_resume(tmp_path, cat, cluster):
 
 def test_emulator_training_set_is_the_same_on_any_number_of_workers(cluster):
     """Chunked SPS training sets: bit-identical sequentially, chunked on 2 workers, and as before."""
-    from engine.emulator.dataset import sps_training_set
-    from engine.emulator.train import sps_targets, uniform_theta
+    from engine.emulator.dataset import sps_targets, sps_training_set, uniform_theta
     from engine.sps import SPSModel
 
     sps = SPSModel(["sdss2010-u", "sdss2010-r"], device="cpu")
@@ -213,9 +230,30 @@ def test_emulator_train_cli_on_a_scheduler(tmp_path, cluster):
     from engine.emulator import load
 
     out = tmp_path / "emu.pt"
-    rc = main(["emulator", "train", "--bands", "sdss2010-g,sdss2010-r", "--n-train", "1500", "--out", str(out),
-               "--epochs", "2", "--hidden", "16,16", "--check-n", "500", "--device", "cpu",
-               "--scheduler", cluster.scheduler.address, "--chunk", "600"])
+    rc = main(
+        [
+            "emulator",
+            "train",
+            "--bands",
+            "sdss2010-g,sdss2010-r",
+            "--n-train",
+            "1500",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--hidden",
+            "16,16",
+            "--check-n",
+            "500",
+            "--device",
+            "cpu",
+            "--scheduler",
+            cluster.scheduler.address,
+            "--chunk",
+            "600",
+        ]
+    )
     assert rc == 0
     emu = load(out, device="cpu")
     assert emu.metadata["n_train"] == 1500 and list(emu.metadata["bands"]) == ["sdss2010-g", "sdss2010-r"]

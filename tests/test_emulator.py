@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SDSS_BANDS, uniform_theta
 from engine.emulator import default_emulator_path, load, save
 from engine.emulator.network import SpeculatorActivation
 from engine.errors import ModelFileError
+
+from conftest import SDSS_BANDS, uniform_theta
 
 SHIPPED = default_emulator_path()
 
@@ -49,7 +50,11 @@ def test_inference_form_is_the_trained_network(degenerate):
             net.net[1].beta[3] = 0.0
         elif degenerate == "gamma":
             net.net[1].gamma[5] = 1.0
-    rows, scale, shift = [7, 2, 9], torch.rand(10, dtype=torch.float64) + 0.5, torch.randn(10, dtype=torch.float64)
+    rows, scale, shift = (
+        [7, 2, 9],
+        torch.rand(10, dtype=torch.float64) + 0.5,
+        torch.randn(10, dtype=torch.float64),
+    )
     inf = InferenceMLP(net, rows, scale, shift)
     assert (inf.c0 is None) == (degenerate is not None) and inf.c1 is not None
     x1 = torch.randn(200, 6, dtype=torch.float64, requires_grad=True)
@@ -74,7 +79,9 @@ def test_node_pair_head_is_the_full_layer_at_the_two_bracketing_nodes():
     h1 = torch.randn(len(k), 8, dtype=torch.float64, requires_grad=True)
     h2 = h1.detach().clone().requires_grad_(True)
     full = torch.addmm(inf.b_out, h1, inf.w_out.t()).view(len(k), n_z, per_node)
-    ref = torch.stack([full[torch.arange(len(k)), k], full[torch.arange(len(k)), k + 1]], 1).reshape(len(k), -1)
+    ref = torch.stack([full[torch.arange(len(k)), k], full[torch.arange(len(k)), k + 1]], 1).reshape(
+        len(k), -1
+    )
     out = head(h2, k)
     assert torch.allclose(out, ref, rtol=0, atol=1e-12)
     w = torch.randn_like(ref)
@@ -172,7 +179,9 @@ def test_a_copy_on_another_dtype_leaves_the_original_alone(emu):
     before = emu.magnitudes(theta)
     double = emu.to(dtype=torch.float64)
     bright = before < 40  # fainter ones hit the float32 flux floor
-    torch.testing.assert_close(double.magnitudes(theta.double()).float()[bright], before[bright], rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        double.magnitudes(theta.double()).float()[bright], before[bright], rtol=0, atol=1e-3
+    )
     assert torch.equal(emu.magnitudes(theta), before)
     assert all(p.dtype == torch.float32 for net in emu.nets.values() for p in net.parameters())
 
@@ -183,8 +192,12 @@ def test_band_selection(emu):
     full = emu.magnitudes(theta)
     bands = list(emu.bands)
     # same networks, fewer output rows: equal up to float32 summation order
-    torch.testing.assert_close(sub.magnitudes(theta), full[:, [bands.index("sdss2010-r"), bands.index("sdss2010-u")]],
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        sub.magnitudes(theta),
+        full[:, [bands.index("sdss2010-r"), bands.index("sdss2010-u")]],
+        rtol=0,
+        atol=1e-4,
+    )
     with pytest.raises(ModelFileError, match=r"not trained on band\(s\) lsst2023-y"):
         emu.select_bands(["sdss2010-r", "lsst2023-y"])
     with pytest.raises(ModelFileError, match=r"not trained on band\(s\) hsc2017-g"):
@@ -281,8 +294,9 @@ def test_training_a_small_emulator_from_scratch(tmp_path):
     constant-h model by far (an untrained or mis-wired model does not)."""
     from engine.emulator.train import train_emulator
 
-    res = train_emulator(["sdss2010-g", "sdss2010-r"], 3000, seed=1, hidden=(32, 32), epochs=30, progress=False,
-                         log=None)
+    res = train_emulator(
+        ["sdss2010-g", "sdss2010-r"], 3000, seed=1, hidden=(32, 32), epochs=30, progress=False, log=None
+    )
     path = save(tmp_path / "small.pt", res.emulator)
     emu2 = load(path, device="cpu")
     assert emu2.metadata["n_train"] == 3000 and emu2.bands == ("sdss2010-g", "sdss2010-r")

@@ -1,4 +1,8 @@
-"""The fast rational-quadratic spline equals nflows' (the population flow's parameters and results are nflows')."""
+"""The fast rational-quadratic spline equals nflows'.
+
+The population flow's parameters and results are nflows'.
+"""
+
 from __future__ import annotations
 
 import pytest
@@ -30,7 +34,7 @@ def test_rq_spline_equals_nflows(inverse):
     assert outside.any() and torch.equal(y_new[outside], x[outside]) and not l_new[outside].any()
     (y_ref.sin().sum() + l_ref.sum()).backward()
     (y_new.sin().sum() + l_new.sum()).backward()
-    for a, b in zip(new_in, ref_in):
+    for a, b in zip(new_in, ref_in, strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-8)
 
 

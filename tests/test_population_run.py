@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engine.errors import RunDirError
-from engine.population import Run, fit, iter_fit
+from engine.population import fit, iter_fit
 from engine.population.flow import FlowConfig
 from engine.population.run import RunLock, read_history
 from engine.population.toy import ToyForwardModel, make_toy_catalog
@@ -67,8 +67,26 @@ def test_fit_writes_the_run_format(tmp_path, cat):
     assert not (d / "run.lock").exists()
     assert not list(d.glob(".*.tmp"))
     cfg = json.loads((d / "config.json").read_text())
-    for key in ("format_version", "popsed_version", "catalog", "bands", "forward", "loss", "members", "steps",
-                "batch", "seed", "seeds", "selection", "redshift", "z_max", "param_names", "bounds", "device", "versions"):
+    for key in (
+        "format_version",
+        "popsed_version",
+        "catalog",
+        "bands",
+        "forward",
+        "loss",
+        "members",
+        "steps",
+        "batch",
+        "seed",
+        "seeds",
+        "selection",
+        "redshift",
+        "z_max",
+        "param_names",
+        "bounds",
+        "device",
+        "versions",
+    ):
         assert key in cfg, key
     assert cfg["selection"] == [{"band": "toy-r", "op": "<", "value": 20.5}] and len(cfg["seeds"]) == 2
     hist = _check_complete(d, 2, 30)
@@ -128,11 +146,17 @@ def test_lock_names_the_owner(tmp_path, cat):
     finally:
         child.kill()
         child.wait()
-    fit(cat, out, forward=ToyForwardModel(), **{**SMALL, "members": 1, "steps": 2})  # free again after the kill
+    fit(
+        cat, out, forward=ToyForwardModel(), **{**SMALL, "members": 1, "steps": 2}
+    )  # free again after the kill
 
 
 def _losses(run):
-    return [(e["member"], e["step"], e["train_loss"], e["val_loss"]) for e in run.history() if e["event"] == "step"]
+    return [
+        (e["member"], e["step"], e["train_loss"], e["val_loss"])
+        for e in run.history()
+        if e["event"] == "step"
+    ]
 
 
 def test_same_seed_same_run_and_resume_is_seamless(tmp_path, cat):

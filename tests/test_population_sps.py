@@ -43,7 +43,9 @@ def test_fit_through_sps_writes_param_and_derived_columns(tmp_path):
     cfg = run.config
     assert cfg["forward"]["kind"] == "sps" and cfg["param_names"] == list(model.param_names)
     notes = run.summary()["notes"]
-    assert any("tell tau2 from log_mstar only by colour changes" in n for n in notes)  # ugriz: no band bluer than 3000 A
+    assert any(
+        "tell tau2 from log_mstar only by colour changes" in n for n in notes
+    )  # ugriz: no band bluer than 3000 A
     assert cfg["redshift"] == "observed" and cfg["features"][-1] == "z"
     th = pq.read_table(run.path / "population.parquet").to_pydict()
     z = np.asarray(th["z"])

@@ -33,7 +33,8 @@ def _w1_over_sd(a, b):
 
 
 def _selected_population(tr, ms, nm, cuts, n=30000):
-    """Population samples passing the *real* selection with the catalog's noise (independent of the trainer)."""
+    """Population samples passing the *real* selection with the catalog's noise (independent of the
+    trainer)."""
     with torch.no_grad():
         th = ms.flow.sample(n, torch.Generator().manual_seed(9))
         noisy = nm.apply(tr.model.fluxes(th), 1.0, torch.Generator().manual_seed(10))
@@ -91,7 +92,8 @@ def test_whitened_share_of_the_loss_directions():
 @pytest.mark.parametrize("best_from, kept", [(0.0, 10), (0.5, 39), (1.0, 39)])
 def test_kept_state_is_the_best_validation_from_best_from_on(best_from, kept, monkeypatch):
     tr, *_ = _trainer(n=600, steps=40, batch=128, best_from=best_from)
-    # validation losses with the lowest one early (as when the scatter of the loss favours an undertrained state)
+    # validation losses with the lowest one early (as when the scatter of the loss favours an undertrained
+    # state)
     seq = iter([0.5, 0.1, 0.4, 0.3, 0.2])
     monkeypatch.setattr(tr, "validate", lambda ms: next(seq))
     ms = tr.new_member(0)

@@ -41,7 +41,9 @@ def test_bijection_roundtrip_and_gradient():
     th = b(u)
     ud = u.detach().double()
     assert torch.allclose(b.inverse(b(ud)), ud, atol=1e-6)  # float64 round trip
-    assert torch.allclose(b.inverse(th.detach())[u.detach().abs() < 2], u.detach()[u.detach().abs() < 2], atol=2e-2)
+    assert torch.allclose(
+        b.inverse(th.detach())[u.detach().abs() < 2], u.detach()[u.detach().abs() < 2], atol=2e-2
+    )
     th.sum().backward()
     assert torch.all(u.grad > 0)  # monotone increasing, never flat in the bulk
 
@@ -102,17 +104,20 @@ def test_fast_lu_linear_is_nflows_lu_linear():
         y_ref, ld_ref = ref.inverse(x)
     assert torch.allclose(y, y_ref, atol=1e-10) and torch.allclose(ld, ld_ref, atol=1e-12)
     assert torch.allclose(fast.forward(y)[0], x, atol=1e-10)
-    assert torch.allclose(fast.weight_inverse() @ fast.weight(), torch.eye(11, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(
+        fast.weight_inverse() @ fast.weight(), torch.eye(11, dtype=torch.float64), atol=1e-10
+    )
     g = torch.randn_like(y)
     grads = torch.autograd.grad((y * g).sum(), list(fast.parameters()))
     grads_ref = torch.autograd.grad((y_ref * g).sum(), list(ref.parameters()))
-    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, grads_ref))
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, grads_ref, strict=True))
     assert isinstance(PopulationFlow(SPS_BOUNDS).transform._transforms[1], FastLULinear)
 
 
 def test_reference_flow_config():
-    from engine.population.flow import REFERENCE_FLOW, build_reference_transform
     from nflows import transforms
+
+    from engine.population.flow import REFERENCE_FLOW, build_reference_transform
 
     t = build_reference_transform(11)
     kinds = [type(x).__name__ for x in t._transforms]
@@ -194,7 +199,9 @@ def test_sliced_fresh_directions_each_call():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(300, 5, generator=g)
     y = torch.randn(300, 5, generator=g) * 1.5
-    assert float(sliced_wasserstein(x, y, n_proj=10, generator=g)) != float(sliced_wasserstein(x, y, n_proj=10, generator=g))
+    assert float(sliced_wasserstein(x, y, n_proj=10, generator=g)) != float(
+        sliced_wasserstein(x, y, n_proj=10, generator=g)
+    )
 
 
 def test_sinkhorn_loss_small():
@@ -299,10 +306,17 @@ def test_whitening_matrix():
 def test_train_config_from_an_older_run_keeps_its_behaviour():
     old = TrainConfig().to_dict()
     for key in ("whiten", "best_from", "ema", "z_weight"):
-        del old[key]  # config.json written before the options existed (the bundled sample run's lacks all four)
+        del old[
+            key
+        ]  # config.json written before the options existed (the bundled sample run's lacks all four)
     cfg = TrainConfig.from_dict(old)
     assert (cfg.whiten, cfg.best_from, cfg.ema, cfg.z_weight) == (0.0, 0.0, 0.0, 1.0)  # the defaults then
-    assert (TrainConfig().whiten, TrainConfig().best_from, TrainConfig().ema, TrainConfig().z_weight) == (0.5, 1.0, 0.98, 3.0)
+    assert (TrainConfig().whiten, TrainConfig().best_from, TrainConfig().ema, TrainConfig().z_weight) == (
+        0.5,
+        1.0,
+        0.98,
+        3.0,
+    )
     assert TrainConfig.from_dict({**old, "whiten": 1}).whiten == 1.0
     with pytest.raises(PopsedError, match="whiten"):
         TrainConfig(whiten=2.0)
@@ -367,5 +381,11 @@ def test_ensemble_report():
             {"member": 4, "status": "diverged", "best_val_loss": 0.09}]
     rep = ensemble_report(rows, 1.5, 0.08)
     assert rep["converged"] == [0, 1] and rep["dropped"] == [2, 3, 4]
-    assert [m["status"] for m in rep["members"]] == ["converged", "converged", "not_converged", "diverged", "diverged"]
+    assert [m["status"] for m in rep["members"]] == [
+        "converged",
+        "converged",
+        "not_converged",
+        "diverged",
+        "diverged",
+    ]
     assert all("note" in m for m in rep["members"] if m["status"] != "converged")

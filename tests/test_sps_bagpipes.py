@@ -45,8 +45,8 @@ def test_magnitudes_agree_with_bagpipes(comparison):
     model, theta, ours, ref, _ = comparison
     diff = np.abs(ours - ref)
     bands = list(model.bands)
-    print("\nmax |dmag| per band:", dict(zip(bands, diff.max(0).round(4))))
-    print("median |dmag| per band:", dict(zip(bands, np.median(diff, 0).round(4))))
+    print("\nmax |dmag| per band:", dict(zip(bands, diff.max(0).round(4), strict=True)))
+    print("median |dmag| per band:", dict(zip(bands, np.median(diff, 0).round(4), strict=True)))
     assert np.all(np.isfinite(diff))
     optical_nuv = [bands.index(b) for b in SDSS_BANDS + ("galex-nuv",)]
     # the bar of the issue is 0.03; burst-dominated galaxies reach it (see module docstring)

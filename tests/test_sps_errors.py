@@ -6,8 +6,9 @@ import pytest
 import torch
 from astropy.table import Table
 
-from conftest import uniform_theta
 from engine.sps import SPSModel
+
+from conftest import uniform_theta
 
 
 def test_theta_outside_bounds_names_the_parameter(sdss_model):

@@ -8,9 +8,10 @@ import pytest
 import torch
 from scipy import stats
 
-from conftest import SDSS_BANDS, uniform_theta
 from engine.sps import sfh as sfh_mod
 from engine.sps.dust import DustCurves, calzetti_k
+
+from conftest import SDSS_BANDS, uniform_theta
 
 
 # ---------------------------------------------------------------- dust
@@ -57,7 +58,9 @@ def test_per_galaxy_dust_is_the_tabulated_dust():
     tab = DustCurves(w, torch.device("cpu"), torch.float64, uv_bump=True).tau_ism(tau2, n)
     per = tau_ism_at(torch.as_tensor(w).unsqueeze(0), tau2.unsqueeze(1), n.unsqueeze(1))
     assert torch.allclose(per, tab, rtol=1e-12, atol=1e-14)
-    assert torch.allclose(calzetti_k(torch.as_tensor(w)), torch.as_tensor(calzetti_k(w)), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(
+        calzetti_k(torch.as_tensor(w)), torch.as_tensor(calzetti_k(w)), rtol=1e-12, atol=1e-14
+    )
 
 
 def test_kriek_conroy_bump_and_slope():
@@ -73,7 +76,9 @@ def test_kriek_conroy_bump_and_slope():
     assert t_bump[0, 0] - t_flat[0, 0] == pytest.approx(0.85 / 4.05, rel=1e-6)
     assert t_bump[0, 3] == pytest.approx(t_flat[0, 3], rel=1e-3)
     # E_b = 0.85 − 1.9 n; slope multiplies by (λ/5500)^n
-    assert t_bump[1, 0] - t_flat[1, 0] == pytest.approx((0.85 + 0.95) / 4.05 * (2175 / 5500) ** -0.5, rel=1e-6)
+    assert t_bump[1, 0] - t_flat[1, 0] == pytest.approx(
+        (0.85 + 0.95) / 4.05 * (2175 / 5500) ** -0.5, rel=1e-6
+    )
     assert t_flat[1, 1] == pytest.approx(k[1] / 4.05 * (3000 / 5500) ** -0.5, rel=1e-9)
     # τ at 5500 Å is τ2 whatever the slope
     assert np.allclose(t_flat[:, 2], k[2] / 4.05)
@@ -171,14 +176,18 @@ def test_flux_scales_with_mass_and_matches_spectrum_integration(sdss_model):
     assert np.allclose(f2 / f, 10.0 ** (theta2[:, 1] - theta[:, 1]).numpy()[:, None], rtol=1e-9)
     # integrate the rest-frame spectrum through the filter with numpy: the fluxes agree
     wave, lnu = m64.spectrum(theta)
-    w, l = wave.numpy(), lnu.numpy()
+    w, lnu_np = wave.numpy(), lnu.numpy()
     z = theta[:, 0].numpy()
     dl_cm = m64.cosmo.cosmology.luminosity_distance(z).to_value("cm")
     for b, filt in enumerate(m64.filters):
         for i in range(len(z)):
             lo = w * (1 + z[i])
             r = np.interp(lo, filt.wave, filt.response, left=0, right=0)
-            fnu = (1 + z[i]) * np.trapezoid(l[i] * r / w, w) / np.trapezoid(filt.response / filt.wave, filt.wave)
+            fnu = (
+                (1 + z[i])
+                * np.trapezoid(lnu_np[i] * r / w, w)
+                / np.trapezoid(filt.response / filt.wave, filt.wave)
+            )
             fnu /= 4 * math.pi * dl_cm[i] ** 2
             nmgy = fnu / 3.631e-29
             assert nmgy == pytest.approx(f[i, b], rel=0.01), (filt.name, z[i])
@@ -209,7 +218,7 @@ def test_gradients_reach_every_parameter(sdss_model):
     m.sum().backward()
     g = theta.grad.abs().mean(0)
     assert torch.isfinite(theta.grad).all()
-    assert bool((g > 0).all()), dict(zip(sdss_model.param_names, g.tolist()))
+    assert bool((g > 0).all()), dict(zip(sdss_model.param_names, g.tolist(), strict=True))
     # d mag / d log_mstar = -2.5 exactly
     assert torch.allclose(theta.grad[:, 1], torch.full((64,), -2.5 * 5), atol=1e-3)
 
@@ -224,8 +233,8 @@ def test_redshift_dims_galaxies(sdss_model):
 
 
 def test_linear_decomposition_reproduces_the_fluxes():
-    """Fluxes rebuilt from the per-basis / per-metallicity-node / burst band luminosities and the exact weights
-    (stick-breaking β, linear-in-Z node weights, effective burst fraction) equal SPSModel.fluxes: the
+    """Fluxes rebuilt from the per-basis / per-metallicity-node / burst band luminosities and the exact
+    weights (stick-breaking β, linear-in-Z node weights, effective burst fraction) equal SPSModel.fluxes: the
     decomposition the emulator is built on is an identity, not an approximation."""
     from engine.sps import SPSModel
     from engine.sps.params import IDX
@@ -238,8 +247,12 @@ def test_linear_decomposition_reproduces_the_fluxes():
     s_basis, s_burst = m.component_survival(c["z"], c["t_burst"])
     comp = m._components(th)
     beta, f, wz = comp["beta"], comp["f_eff"], comp["w_z"]
-    band = (1 - f)[:, None] * torch.einsum("nk,nkib,ni->nb", wz, lum, beta) + f[:, None] * torch.einsum("nk,nkb->nb", wz, lum_b)
-    surv = (1 - f) * torch.einsum("nk,nki,ni->n", wz, s_basis, beta) + f * torch.einsum("nk,nk->n", wz, s_burst)
+    band = (1 - f)[:, None] * torch.einsum("nk,nkib,ni->nb", wz, lum, beta) + f[:, None] * torch.einsum(
+        "nk,nkb->nb", wz, lum_b
+    )
+    surv = (1 - f) * torch.einsum("nk,nki,ni->n", wz, s_basis, beta) + f * torch.einsum(
+        "nk,nk->n", wz, s_burst
+    )
     log_mformed = c["log_mstar"] - torch.log10(surv)
     flux = band * torch.exp(math.log(10.0) * log_mformed + m.ln_flux_scale(c["z"]))[:, None]
     ref = m.fluxes(th)

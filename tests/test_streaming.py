@@ -18,8 +18,17 @@ from engine.population.toy import make_toy_catalog
 
 BANDS = ("sdss2010-g", "sdss2010-r", "sdss2010-i")
 TOY = "engine.population.toy:ToyForwardModel"
-SMALL = dict(members=2, steps=25, batch=128, selection="sdss2010-r<20.5", flow=FlowConfig(layers=2, hidden=16),
-             val_every=5, population_samples=300, checkpoint_every=7, obs_cap=300)
+SMALL = dict(
+    members=2,
+    steps=25,
+    batch=128,
+    selection="sdss2010-r<20.5",
+    flow=FlowConfig(layers=2, hidden=16),
+    val_every=5,
+    population_samples=300,
+    checkpoint_every=7,
+    obs_cap=300,
+)
 STREAM = dict(chunk_rows=700, pool_chunks=3, val_cap=400, train_cap=500)
 
 
@@ -71,7 +80,9 @@ def test_stream_bad_input_is_one_line(tmp_path, parquet_cat):
     pq.write_table(t.set_column(t.column_names.index("flux_err_sdss2010-r"), "flux_err_sdss2010-r", [e]), bad,
                    row_group_size=500)
     st = open_catalog_stream(bad, chunk_rows=700)
-    with pytest.raises(CatalogError, match=r"neg.parquet: column flux_err_sdss2010-r has 1 negative errors") as ei:
+    with pytest.raises(
+        CatalogError, match=r"neg.parquet: column flux_err_sdss2010-r has 1 negative errors"
+    ) as ei:
         st.scan()
     assert "\n" not in str(ei.value)
     # a band that keeps < 50 % over the whole file (but > 50 % in the first chunk)
@@ -79,9 +90,15 @@ def test_stream_bad_input_is_one_line(tmp_path, parquet_cat):
     f[1000:] = np.nan
     half = tmp_path / "half.parquet"
     t2 = t.set_column(t.column_names.index("flux_sdss2010-i"), "flux_sdss2010-i", [f])
-    t2 = t2.set_column(t2.column_names.index("mag_sdss2010-i"), "mag_sdss2010-i", [np.where(np.isnan(f), np.nan, t.column("mag_sdss2010-i").to_numpy())])
+    t2 = t2.set_column(
+        t2.column_names.index("mag_sdss2010-i"),
+        "mag_sdss2010-i",
+        [np.where(np.isnan(f), np.nan, t.column("mag_sdss2010-i").to_numpy())],
+    )
     pq.write_table(t2, half, row_group_size=500)
-    with pytest.raises(CatalogError, match=rf"half.parquet: band sdss2010-i .* keeps only 1000 of {t.num_rows} rows"):
+    with pytest.raises(
+        CatalogError, match=rf"half.parquet: band sdss2010-i .* keeps only 1000 of {t.num_rows} rows"
+    ):
         open_catalog_stream(half, chunk_rows=700).scan()
 
 
@@ -147,8 +164,11 @@ def test_streamed_fit_never_reads_the_catalog_whole_and_resumes_exactly(tmp_path
     r = fit(str(parquet_cat), tmp_path / "r", forward=TOY, resume=True)
 
     def losses(run):
-        return [(e["member"], e["step"], e["train_loss"], e["val_loss"]) for e in read_history(run.path / "history.jsonl")
-                if e["event"] == "step"]
+        return [
+            (e["member"], e["step"], e["train_loss"], e["val_loss"])
+            for e in read_history(run.path / "history.jsonl")
+            if e["event"] == "step"
+        ]
 
     assert losses(r) == losses(a)
     assert r.population().to_pydict()["log_mstar"] == a.population().to_pydict()["log_mstar"]

@@ -1,4 +1,8 @@
-"""popsed_viz components in a Python process: each view renders alone, streams and filters; bad input gives messages."""
+"""popsed_viz components in a Python process.
+
+Each view renders alone, streams and filters; bad input gives messages.
+"""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +21,8 @@ from popsed_viz.jobs import FitJob, fit_command, safe_filename  # noqa: E402
 from popsed_viz.monitor import TrainingMonitor, format_duration  # noqa: E402
 from popsed_viz.photometry import PhotometryView  # noqa: E402
 from popsed_viz.population import PopulationView, converged_members, member_mask  # noqa: E402
-from popsed_viz.testing import write_synthetic_run  # noqa: E402
+
+from synthetic_run import write_synthetic_run  # noqa: E402
 
 
 @pytest.fixture()

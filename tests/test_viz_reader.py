@@ -7,7 +7,8 @@ import os
 import pytest
 
 from popsed_viz.reader import HistoryTail, RunReader, colour_pairs, steps_frame
-from popsed_viz.testing import write_synthetic_run
+
+from synthetic_run import write_synthetic_run
 
 
 def _step(k, i, **kw):

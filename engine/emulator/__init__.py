@@ -3,7 +3,8 @@
 - :mod:`~engine.emulator.network` -- the MLP with the Speculator activation;
 - :mod:`~engine.emulator.model` -- :class:`Emulator`, :func:`load`, :func:`save` (the design: the SPS's exact
   linear structure around two small networks for the redshift- and dust-dependent component luminosities);
-- :mod:`~engine.emulator.train` -- training sets from the SPS and the training loop;
+- :mod:`~engine.emulator.dataset` -- SPS training sets (in chunks, on dask if asked);
+- :mod:`~engine.emulator.train` -- the training loop;
 - :mod:`~engine.emulator.check` -- accuracy and throughput against the SPS;
 - :mod:`~engine.emulator.cli` -- ``popsed emulator train|check|info``.
 """

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from engine.emulator.train import uniform_theta
+from engine.emulator.dataset import uniform_theta
 
 Z_BINS = (0.0, 0.1, 0.2, 0.3, 0.45, 0.65)
 MAG_BINS = (10.0, 18.0, 20.0, 22.0, 23.5, 25.0)
@@ -51,9 +51,9 @@ def check_emulator(emu, n: int = 20000, seed: int = 12345, mag_max: float = 25.0
         ok = (m_sps[:, j] < mag_max) & (m_emu[:, j] < mag_max + 1) & np.isfinite(m_sps[:, j])
         d = np.abs(m_emu[:, j] - m_sps[:, j])
         entry = {"all": _stats(d[ok]), "z_bins": {}, "mag_bins": {}}
-        for lo, hi in zip(Z_BINS[:-1], Z_BINS[1:]):
+        for lo, hi in zip(Z_BINS[:-1], Z_BINS[1:], strict=True):
             entry["z_bins"][f"{lo}-{hi}"] = _stats(d[ok & (z >= lo) & (z < hi)])
-        for lo, hi in zip(MAG_BINS[:-1], MAG_BINS[1:]):
+        for lo, hi in zip(MAG_BINS[:-1], MAG_BINS[1:], strict=True):
             entry["mag_bins"][f"{lo}-{hi}"] = _stats(d[ok & (m_sps[:, j] >= lo) & (m_sps[:, j] < hi)])
         out["bands"][b] = entry
     t = theta[: min(n, 20000)]
@@ -64,8 +64,10 @@ def check_emulator(emu, n: int = 20000, seed: int = 12345, mag_max: float = 25.0
 
 
 def format_report(rep: dict) -> str:
-    lines = [f"|Δmag| emulator vs SPS on {rep['n']} fresh θ (seed {rep['seed']}), magnitudes < {rep['mag_max']}",
-             f"{'band':<14}{'n':>7}{'median':>9}{'p95':>9}{'p99':>9}"]
+    lines = [
+        f"|Δmag| emulator vs SPS on {rep['n']} fresh θ (seed {rep['seed']}), magnitudes < {rep['mag_max']}",
+        f"{'band':<14}{'n':>7}{'median':>9}{'p95':>9}{'p99':>9}",
+    ]
     for b, e in rep["bands"].items():
         a = e["all"]
         lines.append(f"{b:<14}{a['n']:>7}{a['median']:>9.4f}{a['p95']:>9.4f}{a['p99']:>9.4f}")

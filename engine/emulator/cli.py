@@ -21,17 +21,33 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--z-max", type=float, default=0.65)
     t.add_argument("--hidden", default="48,48,48", help="hidden layer widths of the basis network")
-    t.add_argument("--burst-hidden", default=None, help="hidden layer widths of the burst network (default: --hidden)")
-    t.add_argument("--epochs", type=int, default=400,
-                   help="epoch cap; with --max-minutes, training (and its learning-rate decay) ends at whichever comes first")
+    t.add_argument(
+        "--burst-hidden", default=None, help="hidden layer widths of the burst network (default: --hidden)"
+    )
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=400,
+        help="epoch cap; with --max-minutes, training (and its learning-rate decay) ends at whichever "
+             "comes first",
+    )
     t.add_argument("--batch", type=int, default=512)
     t.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     t.add_argument("--check-n", type=int, default=20000, help="fresh θ for the accuracy stored in the file")
-    t.add_argument("--workers", type=int, default=None,
-                   help="generate the SPS training set in parallel chunks on a local dask cluster of N processes")
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="generate the SPS training set in parallel chunks on a local dask cluster of N processes",
+    )
     t.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="generate the SPS training set on an existing dask.distributed cluster")
-    t.add_argument("--chunk", type=int, default=100_000, help="galaxies per training-set chunk (with --workers/--scheduler)")
+    t.add_argument(
+        "--chunk",
+        type=int,
+        default=100_000,
+        help="galaxies per training-set chunk (with --workers/--scheduler)",
+    )
     t.set_defaults(func=_train)
 
     c = esub.add_parser("check", help="accuracy and speed of an emulator against the direct SPS")
@@ -73,9 +89,20 @@ def _train(args) -> int:
     parallel = ({"workers": args.workers, "scheduler": args.scheduler, "chunk": args.chunk}
                 if (args.workers or args.scheduler) else None)
     try:
-        res = train_emulator(bands, args.n_train, seed=args.seed, device=_device(args.device), z_max=args.z_max,
-                             hidden=hidden, burst_hidden=burst_hidden, epochs=args.epochs, batch=args.batch, max_minutes=args.max_minutes,
-                             log=lambda s: print(s, file=sys.stderr), parallel=parallel)
+        res = train_emulator(
+            bands,
+            args.n_train,
+            seed=args.seed,
+            device=_device(args.device),
+            z_max=args.z_max,
+            hidden=hidden,
+            burst_hidden=burst_hidden,
+            epochs=args.epochs,
+            batch=args.batch,
+            max_minutes=args.max_minutes,
+            log=lambda s: print(s, file=sys.stderr),
+            parallel=parallel,
+        )
     except ValueError as exc:
         raise PopsedError(str(exc)) from None
     emu = res.emulator

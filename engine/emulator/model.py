@@ -28,21 +28,17 @@ network should not have to learn) and log(1 + τ_ISM) at each band's rest-frame 
 (:func:`engine.sps.dust.tau_ism_at`), which carries the steep, band-dependent dust dependence.  Outputs
 are standardised per output; h fainter than ``H_CLIP`` is censored in training (only too-bright
 predictions cost).  Everything else -- SFH weights, metallicity interpolation, burst activity, surviving
-mass, distance -- is computed as in the SPS, with the SPS's own functions; the surviving mass of the four
+mass, distance -- is computed as in the SPS, with the SPS's own functions; the surviving mass of the
 smooth bases depends on z alone and is tabulated once on the cosmology grid (:func:`basis_survival_table`,
 relative error < 1e-5).  For speed, the de-standardisation of the network outputs is folded into their
 last layers (:func:`ln_luminosity_net`), which also drops the outputs of bands not selected.
 
-**Why this design** (measured on this machine, 2 CPU cores, ``popsed emulator check``; see README):
-a plain photometric MLP θ (11-d, redshift included) → magnitudes (format version 1 of this module, 4×256
-hidden units, 600k SPS galaxies, 22 min of training) reached median |Δmag| 0.007–0.013 in ugriz and
-0.025–0.037 in GALEX with 99th percentiles of 0.06–0.26, at only 2.6× the speed of the direct SPS,
-because the direct SPS is itself a few dense matrix products per galaxy (~2·10⁵ multiply-adds) -- the
-cost of that MLP.  Here the networks learn 4-d functions instead of an 11-d one, which makes them both
-smaller and more accurate: the shipped file (3 × 48 hidden units each, 300k SPS rows, 38 min of training)
-reaches median |Δmag| 0.0006–0.0034 (ugriz) and 0.007–0.008 (GALEX), 99th percentiles ≤ 0.019 and ≤ 0.040,
-at ~11× the direct SPS's throughput (forward + backward, batch 10⁴, two threads, median of 26 runs; 11.6–12.5× on one).
-Networks of 3 × 64 units were ~1.5× more accurate and 25 % slower, 3 × 128 no more accurate than 3 × 64 and half as fast.
+**Why this design.**  A plain photometric MLP θ (11-d, redshift included) → magnitudes, as in
+Alsing et al. (2020) and Li et al. (2023), costs about as much as the direct SPS here, because the direct
+SPS is itself a few dense matrix products per galaxy (~2·10⁵ multiply-adds), and it has to learn the
+SPS's linear structure over again.  The networks here learn 4-d (basis) and 5-d (burst) functions instead
+of an 11-d one, which makes them both smaller and more accurate; the accuracy and speed of the shipped
+file are in ``docs/benchmarks.md`` (``popsed emulator check``, ``bench/emulator.py``).
 Evaluation uses the networks' folded :class:`~engine.emulator.network.InferenceMLP` form, the basis network's
 last layer only at the two metallicity nodes that matter (:class:`NodePairHead`), hand-written backward passes
 where autograd's own made extra passes over the largest tensors (hidden layers, node-pair head, the light
@@ -53,7 +49,9 @@ as the direct SPS's photometry.
 
 Files: one ``torch.save`` dict of tensors, numbers and strings (both networks' state dicts and
 normalisations, the SSP constants needed by the exact part, and metadata: bands, parameter names and
-ranges, training-set size, measured accuracy, versions), loaded with ``weights_only=True``.
+ranges, training-set size, accuracy against the SPS, versions), loaded with ``weights_only=True``.
+
+Shapes: N galaxies, n_Z metallicity nodes, K = :data:`engine.sps.params.N_SFH_BASES` SFH bases, B bands.
 """
 from __future__ import annotations
 
@@ -71,17 +69,33 @@ from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves, bump_strength, tau_ism_at, tau_ism_from_factors
 from engine.device import resolve_device
 from engine.sps.model import DERIVED_NAMES, ln_flux_scale_at, metallicity_nodes
-from engine.sps.params import IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
+from engine.sps.params import (
+    IDX,
+    KAPPA_SLICE,
+    N_SFH_BASES,
+    PARAM_NAMES,
+    param_bounds,
+    prepare_theta,
+    validate_theta,
+)
 
 FORMAT = "popsed-emulator"
 FORMAT_VERSION = 2
 #: h = −2.5 log10(L per M☉ formed [1e20 erg/s/Hz]) beyond which a component is censored in training.
 #: Typical h is 3–15; a component at h = 60 is ~10¹⁸ times fainter than a galaxy of the same mass.
 H_CLIP = 60.0
-N_BASES = 4
 #: Names of the SSP constants stored in the file (the exact part of the model needs them).
-CONSTANTS = ("age_edges_gyr", "live_frac", "ssp_log_ages", "ssp_live", "zmet_grid", "sed_windows", "sed_table",
-             "sed_mean", "sed_std")
+CONSTANTS = (
+    "age_edges_gyr",
+    "live_frac",
+    "ssp_log_ages",
+    "ssp_live",
+    "zmet_grid",
+    "sed_windows",
+    "sed_table",
+    "sed_mean",
+    "sed_std",
+)
 #: Rest-frame windows of the burst SED features (log-spaced over ``SED_RANGE`` Å).
 N_WINDOWS = 24
 SED_RANGE = (700.0, 12000.0)
@@ -95,11 +109,15 @@ def resolve_cosmology(name: str):
 
     cosmo = getattr(ac, name, None)
     if cosmo is None or not isinstance(cosmo, ac.FLRW):
-        raise ModelFileError(f"unknown cosmology '{name}' in emulator file (built-in astropy realisations only)")
+        raise ModelFileError(
+            f"unknown cosmology '{name}' in emulator file (built-in astropy realisations only)"
+        )
     return cosmo
 
 
-def _scale_coefficients(ranges: Sequence[tuple[float, float]], device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _scale_coefficients(
+    ranges: Sequence[tuple[float, float]], device, dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b) with a x + b mapping each column's [lo, hi] onto [−1, 1]."""
     lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64)
     hi = torch.tensor([r[1] for r in ranges], dtype=torch.float64)
@@ -125,10 +143,13 @@ class ComponentInputs:
         eb = (0.0, _EB_MAX)
         # each column scaled from [lo, hi] to [-1, 1] by one multiply-add over all columns at once
         self._basis_ab = _scale_coefficients([b["z"], b["tau1"], b["tau2"], b["n_dust"], eb], device, dtype)
-        self._burst_ab = _scale_coefficients([b["z"], b["tau2"], b["n_dust"], eb, lt, b["log_zmet"]], device, dtype)
+        self._burst_ab = _scale_coefficients(
+            [b["z"], b["tau2"], b["n_dust"], eb, lt, b["log_zmet"]], device, dtype
+        )
 
     def dust(self, z, tau2, n_dust) -> torch.Tensor:
-        """The dust columns shared by both networks: scaled log(1 + τ_ISM) at each band's rest-frame λ_eff, (N, B)."""
+        """The dust columns shared by both networks: scaled log(1 + τ_ISM) at each band's rest-frame λ_eff,
+        (N, B)."""
         lam = self.leff.unsqueeze(0) / (1.0 + z).unsqueeze(1)
         return dust_columns(tau_ism_at(lam, tau2.unsqueeze(1), n_dust.unsqueeze(1)))
 
@@ -138,12 +159,16 @@ class ComponentInputs:
                           self._basis_ab[0])
         return torch.cat([x, self.dust(z, tau2, n_dust) if dust is None else dust], 1)
 
-    def burst(self, z, tau2, n_dust, t_burst, log_zmet, sed, dust: torch.Tensor | None = None) -> torch.Tensor:
+    def burst(
+        self, z, tau2, n_dust, t_burst, log_zmet, sed, dust: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Inputs of the burst network, (N, 6 + B + N_WINDOWS); ``t_burst`` [Gyr] ≤ t_age(z); ``sed`` the
         standardised log SED features of :func:`burst_sed_features`."""
-        x = torch.addcmul(self._burst_ab[1],
-                          torch.stack([z, tau2, n_dust, bump_strength(n_dust), torch.log10(t_burst), log_zmet], 1),
-                          self._burst_ab[0])
+        x = torch.addcmul(
+            self._burst_ab[1],
+            torch.stack([z, tau2, n_dust, bump_strength(n_dust), torch.log10(t_burst), log_zmet], 1),
+            self._burst_ab[0],
+        )
         return torch.cat([x, self.dust(z, tau2, n_dust) if dust is None else dust, sed], 1)
 
 
@@ -163,7 +188,8 @@ def redshift_table(cosmo: CosmologyTable, lambda_eff: Sequence[float]) -> torch.
     interpolation on the 2049-point grid is within 2e-6 of the direct formula in log(1 + τ) (test), except
     within one grid cell of Calzetti's branch points, where the published curve has a small jump (≤ 3e-3)."""
     lam = np.asarray(lambda_eff, dtype=np.float64)[None, :] / (1.0 + cosmo.z_grid[:, None])
-    curves = DustCurves(lam, torch.device("cpu"), torch.float64)  # the SPS's tabulated factors, on an (n, B) grid
+    # the SPS's tabulated factors, on an (n, B) grid
+    curves = DustCurves(lam, torch.device("cpu"), torch.float64)
     age, d_l = (t.detach().cpu().double().unsqueeze(1) for t in cosmo.tables)
     return torch.cat([age, d_l, curves.k_over_rv, curves.drude_over_rv, curves.ln_ratio], 1)
 
@@ -184,21 +210,25 @@ def burst_sed_features(sed_table: torch.Tensor, k_z: torch.Tensor, a_z: torch.Te
     return (torch.log10(mix.clamp(min=1e-30)) - mean) / std
 
 
-def basis_survival_table(cosmo: CosmologyTable, age_edges_gyr: torch.Tensor, live_frac: torch.Tensor) -> torch.Tensor:
+def basis_survival_table(
+    cosmo: CosmologyTable, age_edges_gyr: torch.Tensor, live_frac: torch.Tensor
+) -> torch.Tensor:
     """Surviving mass per M☉ formed of each pure basis at each metallicity node, tabulated on the cosmology
-    table's redshift grid, (n, n_Z, 4).
+    table's redshift grid, (n, n_Z, N_SFH_BASES).
 
     It depends on z only (through t_age(z)), so the emulator interpolates this table
-    (:meth:`CosmologyTable.interp`) instead of integrating the four SFH bases over ~40 age bins per galaxy,
-    which was a fifth of its time; computed in float64 with the SPS's own
-    :func:`engine.sps.model.component_survival` (linear interpolation error < 1e-5, measured 8e-6)."""
+    (:meth:`CosmologyTable.interp`) instead of integrating the SFH bases over ~40 age bins per galaxy;
+    computed in float64 with the SPS's own :func:`engine.sps.model.component_survival` (linear
+    interpolation error < 1e-5)."""
     t_age = torch.as_tensor(cosmo.age_grid_gyr, dtype=torch.float64)
     w = sfh_mod.basis_bin_weights(t_age, age_edges_gyr.detach().cpu().double())
     s_basis = torch.einsum("nia,ka->nki", w, live_frac.detach().cpu().double())
     return s_basis.to(device=live_frac.device, dtype=live_frac.dtype)
 
 
-def ln_luminosity_net(net: SpeculatorMLP, y_mean: torch.Tensor, y_std: torch.Tensor, rows: Sequence[int]) -> InferenceMLP:
+def ln_luminosity_net(
+    net: SpeculatorMLP, y_mean: torch.Tensor, y_std: torch.Tensor, rows: Sequence[int]
+) -> InferenceMLP:
     """The evaluation form (:class:`InferenceMLP`) of a trained network that outputs ln L directly, for the
     output ``rows`` only.
 
@@ -221,7 +251,7 @@ class _GroupedLinear(torch.autograd.Function):
 
     Written straight into one output (forward) and one input gradient (backward), instead of slicing ``h``
     per group: autograd's backward of each slice fills a zero tensor the size of ``h`` and copies the
-    block into it, which was a tenth of the emulator's time.  W and b are constants (no gradient)."""
+    block into it.  W and b are constants (no gradient)."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, counts: list[int], w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -255,7 +285,7 @@ class _WeightedExpSum(torch.autograd.Function):
     and weights (N, K), as batched (1 × K)(K × B) products, with a hand-written backward.
 
     Autograd's graph for ``(w[..., None] * exp(ln_l)).sum(1)`` makes five passes over the (N, K, B)
-    tensors and broadcasts along the short band axis; this makes three, and was measured 25 % faster."""
+    tensors and broadcasts along the short band axis; this makes three."""
 
     @staticmethod
     def forward(ctx, ln_l: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -272,7 +302,8 @@ class _WeightedExpSum(torch.autograd.Function):
 
 
 def weighted_exp_sum(ln_l: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Σ_k w[n, k] exp(ln_l[n, k, b]) for ``ln_l`` (N, K, B) and ``w`` (N, K): (N, B); differentiable in both."""
+    """Σ_k w[n, k] exp(ln_l[n, k, b]) for ``ln_l`` (N, K, B) and ``w`` (N, K): (N, B); differentiable in
+    both."""
     return _WeightedExpSum.apply(ln_l.contiguous(), w.contiguous())
 
 
@@ -281,7 +312,7 @@ class NodePairHead(torch.nn.Module):
 
     Of the n_Z nodes' outputs only nodes k and k+1 have weight (linear interpolation in Z), so the rows
     are grouped by k (one sort) and each group is multiplied by the weights of its two nodes alone:
-    2/n_Z of the full layer's work, and no gather of the full (N, n_Z, 4·B) output afterwards.
+    2/n_Z of the full layer's work, and no gather of the full (N, n_Z, K·B) output afterwards.
 
     Parameters
     ----------
@@ -295,12 +326,12 @@ class NodePairHead(torch.nn.Module):
         super().__init__()
         w = net.w_out.reshape(n_z, -1, net.w_out.shape[1])
         b = net.b_out.reshape(n_z, -1)
-        self.register_buffer("w_pair", torch.cat([w[:-1], w[1:]], 1))  # (n_Z − 1, 2·4·B, H)
-        self.register_buffer("b_pair", torch.cat([b[:-1], b[1:]], 1))  # (n_Z − 1, 2·4·B)
+        self.register_buffer("w_pair", torch.cat([w[:-1], w[1:]], 1))  # (n_Z − 1, 2·K·B, H)
+        self.register_buffer("b_pair", torch.cat([b[:-1], b[1:]], 1))  # (n_Z − 1, 2·K·B)
         self.n_z = n_z
 
     def forward(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Outputs of nodes k and k+1 for hidden features ``h`` (N, H) and lower nodes ``k`` (N,): (N, 2·4·B).
+        """Outputs of nodes k and k+1 for hidden features ``h`` (N, H) and lower nodes ``k`` (N,): (N, 2·K·B).
 
         Rows already in increasing k (as :meth:`Emulator.fluxes` orders them) are used in place; otherwise
         they are sorted here and the outputs put back in the input order."""
@@ -322,9 +353,16 @@ class Emulator:
     param_names: tuple[str, ...] = PARAM_NAMES
     derived_names: tuple[str, ...] = DERIVED_NAMES
 
-    def __init__(self, nets: dict[str, SpeculatorMLP], norms: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 constants: dict[str, torch.Tensor], metadata: dict, device=None, dtype: torch.dtype = torch.float32,
-                 band_index: Sequence[int] | None = None):
+    def __init__(
+        self,
+        nets: dict[str, SpeculatorMLP],
+        norms: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        constants: dict[str, torch.Tensor],
+        metadata: dict,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        band_index: Sequence[int] | None = None,
+    ):
         self.device = resolve_device(device)
         self.dtype = dtype
         self.metadata = metadata
@@ -340,16 +378,24 @@ class Emulator:
         self._band_index = list(range(len(all_bands))) if band_index is None else list(band_index)
         self.bands: tuple[str, ...] = tuple(all_bands[i] for i in self._band_index)
         n_all = len(all_bands)
-        rows = {"basis": [(k * N_BASES + i) * n_all + b for k in range(self.n_z) for i in range(N_BASES)
-                          for b in self._band_index], "burst": self._band_index}
+        rows = {
+            "basis": [
+                (k * N_SFH_BASES + i) * n_all + b
+                for k in range(self.n_z)
+                for i in range(N_SFH_BASES)
+                for b in self._band_index
+            ],
+            "burst": self._band_index,
+        }
         self._ln_nets = {k: ln_luminosity_net(net, *norms[k], rows[k]).to(device=self.device, dtype=dtype)
                          for k, net in nets.items()}
         self._basis_pairs = NodePairHead(self._ln_nets["basis"], self.n_z)
         self.z_max = float(metadata["z_max"])
         b = param_bounds(self.z_max)
         self.bounds = torch.tensor([b[n] for n in PARAM_NAMES], device=self.device, dtype=dtype)
-        self.cosmo = CosmologyTable(resolve_cosmology(metadata["cosmology"]), z_max=self.z_max, device=self.device,
-                                    dtype=dtype)
+        self.cosmo = CosmologyTable(
+            resolve_cosmology(metadata["cosmology"]), z_max=self.z_max, device=self.device, dtype=dtype
+        )
         self.inputs = ComponentInputs(self.z_max, metadata["lambda_eff"], self.device, dtype)
         self._s_basis_table = basis_survival_table(self.cosmo, c["age_edges_gyr"], c["live_frac"])
         self._z_table = redshift_table(self.cosmo, metadata["lambda_eff"]).to(device=self.device, dtype=dtype)
@@ -363,9 +409,11 @@ class Emulator:
     def _prep(self, theta) -> torch.Tensor:
         return prepare_theta(theta, self.bounds, self.device, self.dtype)
 
-    def component_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet) -> tuple[torch.Tensor, torch.Tensor]:
+    def component_luminosities(
+        self, z, tau1, tau2, n_dust, t_burst, log_zmet
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Emulated band luminosities per M☉ formed, for the selected bands: of the pure bases at the two
-        metallicity nodes k, k+1 that bracket the galaxy's Z (N, 2, 4, B; k from
+        metallicity nodes k, k+1 that bracket the galaxy's Z (N, 2, K, B; k from
         :func:`engine.sps.model.metallicity_nodes`), and of the burst at the galaxy's metallicity (N, B);
         ``t_burst`` [Gyr] ≤ t_age(z) (see the module docstring)."""
         ln_basis, ln_burst = self.component_ln_luminosities(z, tau1, tau2, n_dust, t_burst, log_zmet)
@@ -374,9 +422,11 @@ class Emulator:
     def component_ln_luminosities(self, z, tau1, tau2, n_dust, t_burst, log_zmet,
                                   nodes: tuple[torch.Tensor, ...] | None = None,
                                   dust: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """ln of :meth:`component_luminosities` (what the networks output); ``nodes`` = (k_Z, a_Z, k_age, a_age)
-        of :func:`engine.sps.model.metallicity_nodes` and :func:`engine.sps.sfh.burst_interpolation`, and the
-        networks' ``dust`` columns (:meth:`ComponentInputs.dust`), when the caller has them."""
+        """ln of :meth:`component_luminosities` (what the networks output).
+
+        ``nodes`` = (k_Z, a_Z, k_age, a_age) of :func:`engine.sps.model.metallicity_nodes` and
+        :func:`engine.sps.sfh.burst_interpolation`, and the networks' ``dust`` columns
+        (:meth:`ComponentInputs.dust`), when the caller has them."""
         n = z.shape[0]
         if nodes is None:
             nodes = (*metallicity_nodes(log_zmet, self.zmet_grid),
@@ -388,12 +438,15 @@ class Emulator:
         ln_basis = self._basis_pairs(h, k_z)
         sed = burst_sed_features(self.sed_table, k_z, a_z, k_b, a_b, self.sed_mean, self.sed_std)
         ln_burst = self._ln_nets["burst"](self.inputs.burst(z, tau2, n_dust, t_burst, log_zmet, sed, dust))
-        return ln_basis.view(n, 2, N_BASES, len(self.bands)), ln_burst
+        return ln_basis.view(n, 2, N_SFH_BASES, len(self.bands)), ln_burst
 
     def _dust_columns(self, zt: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor) -> torch.Tensor:
-        """:meth:`ComponentInputs.dust` from the rows ``zt`` of :func:`redshift_table` interpolated at each galaxy's z."""
+        """:meth:`ComponentInputs.dust` from the rows ``zt`` of :func:`redshift_table` interpolated at each
+        galaxy's z."""
         k_rv, drude_rv, ln_lam = zt[:, 2:].view(zt.shape[0], 3, (zt.shape[1] - 2) // 3).unbind(1)
-        return dust_columns(tau_ism_from_factors(tau2.unsqueeze(1), n_dust.unsqueeze(1), k_rv, drude_rv, ln_lam))
+        return dust_columns(
+            tau_ism_from_factors(tau2.unsqueeze(1), n_dust.unsqueeze(1), k_rv, drude_rv, ln_lam)
+        )
 
     # ---------------------------------------------------------------- public API (as SPSModel)
     def fluxes(self, theta: torch.Tensor) -> torch.Tensor:
@@ -409,24 +462,34 @@ class Emulator:
         k_t, a_t = self.cosmo.interp_index(z)
         zt = torch.lerp(self._z_table[k_t], self._z_table[k_t + 1], a_t.unsqueeze(1))
         t_age, d_l = zt[:, 0], zt[:, 1]
-        beta = sfh_mod.stick_breaking(theta[:, IDX["kappa1"]:IDX["kappa3"] + 1])
+        beta = sfh_mod.stick_breaking(theta[:, KAPPA_SLICE])
         f = c["f_burst"] * sfh_mod.burst_active(c["t_burst"], t_age)
         t_b = torch.minimum(c["t_burst"], t_age)  # the burst's age when active; irrelevant (f = 0) otherwise
         k_b, a_b = sfh_mod.burst_interpolation(t_b, self.ssp_log_ages)
         # only the two bracketing metallicity nodes have weight: light and surviving mass combine those alone
-        ln_lum2, ln_lum_b = self.component_ln_luminosities(z, c["tau1"], c["tau2"], c["n_dust"], t_b, c["log_zmet"],
-                                                           nodes=(k_z, a_z, k_b, a_b),
-                                                           dust=self._dust_columns(zt, c["tau2"], c["n_dust"]))
+        ln_lum2, ln_lum_b = self.component_ln_luminosities(
+            z,
+            c["tau1"],
+            c["tau2"],
+            c["n_dust"],
+            t_b,
+            c["log_zmet"],
+            nodes=(k_z, a_z, k_b, a_b),
+            dust=self._dust_columns(zt, c["tau2"], c["n_dust"]),
+        )
         nodes = torch.stack([k_z, k_z + 1], 1)  # (N, 2)
         w_node = torch.stack([1.0 - a_z, a_z], 1)  # (N, 2)
-        w2 = w_node.unsqueeze(2) * beta.unsqueeze(1)  # (N, 2, 4)
+        w2 = w_node.unsqueeze(2) * beta.unsqueeze(1)  # (N, 2, K)
         g = 1.0 - f
         n, n_b = ln_lum_b.shape
-        band = weighted_exp_sum(ln_lum2.reshape(n, 2 * N_BASES, n_b), g.unsqueeze(1) * w2.reshape(n, 2 * N_BASES)) \
-            + f.unsqueeze(1) * torch.exp(ln_lum_b)
+        band = weighted_exp_sum(
+            ln_lum2.reshape(n, 2 * N_SFH_BASES, n_b), g.unsqueeze(1) * w2.reshape(n, 2 * N_SFH_BASES)
+        ) + f.unsqueeze(1) * torch.exp(ln_lum_b)
         # surviving mass at those two nodes only: the smooth bases' z table and the burst's SSP ages
         k_t = k_t.unsqueeze(1)
-        s_basis = torch.lerp(self._s_basis_table[k_t, nodes], self._s_basis_table[k_t + 1, nodes], a_t[:, None, None])
+        s_basis = torch.lerp(
+            self._s_basis_table[k_t, nodes], self._s_basis_table[k_t + 1, nodes], a_t[:, None, None]
+        )
         k_b = k_b.unsqueeze(1)
         s_burst = torch.lerp(self.ssp_live[nodes, k_b], self.ssp_live[nodes, k_b + 1], a_b.unsqueeze(1))
         surv = g * (w2 * s_basis).sum((1, 2)) + f * (w_node * s_burst).sum(1)
@@ -448,12 +511,20 @@ class Emulator:
         if self._sps is None:
             from engine.sps import SPSModel
 
-            self._sps = SPSModel(self.bands, cosmology=self.cosmo.cosmology, device=self.device, dtype=self.dtype,
-                                 z_max=self.z_max, uv_bump=bool(self.metadata.get("uv_bump", True)))
+            self._sps = SPSModel(
+                self.bands,
+                cosmology=self.cosmo.cosmology,
+                device=self.device,
+                dtype=self.dtype,
+                z_max=self.z_max,
+                uv_bump=bool(self.metadata.get("uv_bump", True)),
+            )
         return self._sps
 
     def _with(self, device, dtype, band_index) -> "Emulator":
-        return Emulator(self.nets, self._norms_raw, self._constants_raw, self.metadata, device, dtype, band_index)
+        return Emulator(
+            self.nets, self._norms_raw, self._constants_raw, self.metadata, device, dtype, band_index
+        )
 
     def select_bands(self, bands: Sequence[str]) -> "Emulator":
         """An emulator restricted to ``bands`` (in that order); ``ModelFileError`` naming bands it lacks."""
@@ -507,7 +578,7 @@ def save(path: str | Path, emulator: Emulator) -> Path:
 
 def expected_shapes(n_z: int, n_bands: int) -> dict[str, tuple[int, int]]:
     """(n_in, n_out) of each network for ``n_z`` metallicity nodes and ``n_bands`` bands."""
-    return {"basis": (5 + n_bands, n_z * N_BASES * n_bands), "burst": (6 + n_bands + N_WINDOWS, n_bands)}
+    return {"basis": (5 + n_bands, n_z * N_SFH_BASES * n_bands), "burst": (6 + n_bands + N_WINDOWS, n_bands)}
 
 
 def load(path: str | Path, device=None, bands: Sequence[str] | None = None,
@@ -529,20 +600,24 @@ def load(path: str | Path, device=None, bands: Sequence[str] | None = None,
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelFileError(
-            f"'{path}' is not a readable popsed emulator file (truncated or foreign: {exc.__class__.__name__})"
+            f"'{path}' is not a readable popsed emulator file (truncated or foreign: "
+            f"{exc.__class__.__name__})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"'{path}' is not a popsed emulator file (no '{FORMAT}' header)")
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelFileError(
-            f"emulator file '{path}' has format version {version}; this popsed reads version {FORMAT_VERSION} "
+            f"emulator file '{path}' has format version {version}; this popsed reads version "
+            f"{FORMAT_VERSION} "
             f"(retrain it with `popsed emulator train`)"
         )
     try:
         meta = payload["metadata"]
         if tuple(meta["param_names"]) != PARAM_NAMES:
-            raise ModelFileError(f"emulator file '{path}' has parameters {meta['param_names']}, expected {PARAM_NAMES}")
+            raise ModelFileError(
+                f"emulator file '{path}' has parameters {meta['param_names']}, expected {PARAM_NAMES}"
+            )
         constants = {k: payload["constants"][k] for k in CONSTANTS}
         shapes = expected_shapes(int(constants["zmet_grid"].shape[0]), len(meta["bands"]))
         nets, norms = {}, {}

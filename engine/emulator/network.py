@@ -86,14 +86,19 @@ class InferenceMLP(nn.Module):
 
     FOLD_MIN = 1e-4
 
-    def __init__(self, net: SpeculatorMLP, rows: Sequence[int] | None = None, scale: torch.Tensor | None = None,
-                 shift: torch.Tensor | None = None):
+    def __init__(
+        self,
+        net: SpeculatorMLP,
+        rows: Sequence[int] | None = None,
+        scale: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+    ):
         super().__init__()
         lin = [m for m in net.net if isinstance(m, nn.Linear)]
         act = [m for m in net.net if isinstance(m, SpeculatorActivation)]
         col_scale = None  # factor of the previous layer's output folded into this layer's weight columns
         self.n_hidden = len(act)
-        for i, (layer, a) in enumerate(zip(lin[:-1], act)):
+        for i, (layer, a) in enumerate(zip(lin[:-1], act, strict=True)):
             w, b = layer.weight.detach().double(), layer.bias.detach().double()
             if col_scale is not None:
                 w = w * col_scale.unsqueeze(0)

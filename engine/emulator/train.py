@@ -1,11 +1,8 @@
 """Training an emulator: a training set from the direct SPS over the full box, then the two networks.
 
-A training row is drawn from θ uniform over the whole parameter box (fits explore all of it, not just a
-mock population).  Of θ the networks need only (z, τ1, τ2, n_dust) and a burst age; the burst age is
-drawn log-uniformly between 10 Myr and the age of the Universe at z (from θ's ``t_burst`` coordinate, so
-one uniform θ row is one training row), because the young-burst spectra change fastest and a burst
-older than the Universe never contributes.  The SPS computes, for each row, h = −2.5 log10 of the band
-luminosity of every (metallicity node, SFH basis, band) and of the burst at every (metallicity node, band)
+The training set (:mod:`engine.emulator.dataset`) draws θ uniform over the whole parameter box.  The SPS
+computes, for each row, h = −2.5 log10 of the band luminosity of every (metallicity node, SFH basis,
+band) and of the burst at every (metallicity node, band)
 (:meth:`engine.sps.SPSModel.basis_band_luminosities`, :meth:`~engine.sps.SPSModel.burst_band_luminosities`).
 
 Training (each network): Adam, mini-batches, a held-out validation split, a cosine learning-rate decay
@@ -16,7 +13,6 @@ standardised h, censored above :data:`~engine.emulator.model.H_CLIP`.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -24,51 +20,21 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine.emulator.model import (CONSTANTS, H_CLIP, N_BASES, N_WINDOWS, SED_RANGE, ComponentInputs, Emulator,
-                                   burst_sed_features)
+from engine.emulator.dataset import sps_training_set, training_burst_age
+from engine.emulator.model import (
+    CONSTANTS,
+    H_CLIP,
+    N_WINDOWS,
+    SED_RANGE,
+    ComponentInputs,
+    Emulator,
+    burst_sed_features,
+)
 from engine.emulator.network import SpeculatorMLP
 from engine.sps import sfh as sfh_mod
 from engine.device import resolve_device
-from engine.sps.model import metallicity_nodes, metallicity_weights
-from engine.sps.params import DEFAULT_Z_MAX, IDX, param_bounds
-
-
-def uniform_theta(bounds: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """θ uniform over the box ``bounds`` (D, 2), float64 on the CPU."""
-    b = bounds.detach().cpu().double()
-    return b[:, 0] + (b[:, 1] - b[:, 0]) * torch.rand(n, b.shape[0], generator=generator, dtype=torch.float64)
-
-
-def training_burst_age(theta: torch.Tensor, t_age_gyr: torch.Tensor, z_max: float = DEFAULT_Z_MAX) -> torch.Tensor:
-    """The burst age [Gyr] of a training row: θ's ``t_burst`` coordinate mapped log-uniformly onto
-    [10 Myr, t_age(z)]."""
-    lo, hi = param_bounds(z_max)["t_burst"]
-    u = ((theta[:, IDX["t_burst"]] - lo) / (hi - lo)).clamp(0.0, 1.0)
-    l_lo = math.log10(lo)
-    return torch.pow(10.0, l_lo + u * (torch.log10(t_age_gyr.to(theta.dtype)) - l_lo))
-
-
-def sps_targets(sps, theta: torch.Tensor, batch: int = 20000, progress: bool = True) -> torch.Tensor:
-    """Targets of the rows ``theta`` (N, D): h of the bases (n_Z·4·B values) then of the burst at the row's
-    metallicity (B values), (N, (4·n_Z + 1)·B), float64 on the CPU, clipped at ``H_CLIP``."""
-    from tqdm.auto import tqdm
-
-    out = []
-    step = max(1, batch // 8)  # the per-component spectra are ~30x a galaxy's: smaller batches
-    it = range(0, theta.shape[0], step)
-    for s in tqdm(it, desc="SPS training set", unit="batch", disable=not progress, file=sys.stderr):
-        th = theta[s:s + step].to(device=sps.device, dtype=sps.dtype)
-        z = th[:, IDX["z"]]
-        with torch.no_grad():
-            t_b = training_burst_age(th, sps.cosmo.age_gyr(z), sps.z_max)
-            lum = sps.basis_band_luminosities(z, th[:, IDX["tau1"]], th[:, IDX["tau2"]], th[:, IDX["n_dust"]])
-            lum_b = sps.burst_band_luminosities(z, th[:, IDX["tau2"]], th[:, IDX["n_dust"]], t_b)
-            w_z = metallicity_weights(th[:, IDX["log_zmet"]], sps.zmet_grid)[2]
-            lum_b = torch.einsum("nk,nkb->nb", w_z, lum_b)  # the burst at the row's metallicity
-            y = torch.cat([lum.reshape(th.shape[0], -1), lum_b], 1).double()
-            h = -2.5 * torch.log10(y.clamp(min=1e-300))
-        out.append(torch.nan_to_num(h, nan=H_CLIP, posinf=H_CLIP).clamp(max=H_CLIP).cpu())
-    return torch.cat(out)
+from engine.sps.model import metallicity_nodes
+from engine.sps.params import DEFAULT_Z_MAX, IDX, N_SFH_BASES
 
 
 def burst_sed_table(sps, n_windows: int = N_WINDOWS, wave_range: tuple[float, float] = SED_RANGE) -> dict:
@@ -78,10 +44,12 @@ def burst_sed_table(sps, n_windows: int = N_WINDOWS, wave_range: tuple[float, fl
     wave = sps.wave.detach().double().cpu().numpy()
     lnu = sps._ssp_lnu_full.detach().double().cpu().reshape(sps.n_z, sps.n_ssp, -1)
     cols = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sel = torch.as_tensor((wave >= lo) & (wave < hi))
         if int(sel.sum()) == 0:
-            raise ValueError(f"SED feature window {lo:.0f}-{hi:.0f} Å holds no wavelength bin of the SSP grid")
+            raise ValueError(
+                f"SED feature window {lo:.0f}-{hi:.0f} Å holds no wavelength bin of the SSP grid"
+            )
         cols.append(lnu[:, :, sel].mean(-1))
     table = torch.stack(cols, -1)
     logt = torch.log10(table.clamp(min=1e-30))
@@ -97,7 +65,9 @@ def network_inputs(inputs: ComponentInputs, theta: torch.Tensor, t_age_gyr: torc
     t_b = training_burst_age(theta, t_age_gyr, z_max)
     k_z, a_z = metallicity_nodes(c["log_zmet"], constants["zmet_grid"])
     k_b, a_b = sfh_mod.burst_interpolation(t_b, constants["ssp_log_ages"])
-    sed = burst_sed_features(constants["sed_table"], k_z, a_z, k_b, a_b, constants["sed_mean"], constants["sed_std"])
+    sed = burst_sed_features(
+        constants["sed_table"], k_z, a_z, k_b, a_b, constants["sed_mean"], constants["sed_std"]
+    )
     x_burst = inputs.burst(c["z"], c["tau2"], c["n_dust"], t_b, c["log_zmet"], sed)
     return x_basis, x_burst
 
@@ -110,15 +80,27 @@ class TrainResult:
     val_rmse_mag: dict[str, float]
 
 
-def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], seed: int, device, epochs: int = 400,
-                  batch: int = 512, lr: float = 2e-3, val_fraction: float = 0.1, max_minutes: float | None = None,
-                  name: str = "network", log: Callable[[str], None] | None = print):
+def train_network(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hidden: Sequence[int],
+    seed: int,
+    device,
+    epochs: int = 400,
+    batch: int = 512,
+    lr: float = 2e-3,
+    val_fraction: float = 0.1,
+    max_minutes: float | None = None,
+    name: str = "network",
+    log: Callable[[str], None] | None = print,
+):
     """Fit a :class:`SpeculatorMLP` to standardised targets with a cosine learning-rate decay.
 
     The decay runs over ``epochs`` epochs, or over ``max_minutes`` of wall time when that is given,
-    whichever ends first: the learning rate always reaches its floor at the end of training (a time budget
-    longer than ``epochs`` used to stop with the rate still high).  Returns ``(net, y_mean, y_std, history, val_rmse)``; ``val_rmse``
-    is the root-mean-square error in h [mag] over the uncensored validation values.
+    whichever ends first: the learning rate always reaches its floor at the end of training.  Returns
+    ``(net, y_mean, y_std, history, val_rmse)``; ``val_rmse`` is the root-mean-square error in h [mag] over
+    the uncensored validation values.
     """
     device = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
@@ -199,11 +181,24 @@ def train_network(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], se
     return net.cpu(), y_mean, y_std, history, rmse
 
 
-def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=None, z_max: float = DEFAULT_Z_MAX,
-                   hidden: Sequence[int] = (48, 48, 48), burst_hidden: Sequence[int] | None = None,
-                   epochs: int = 400, batch: int = 512, max_minutes: float | None = None,
-                   burst_share: float = 0.5, cosmology: str = "Planck18", progress: bool = True,
-                   log: Callable[[str], None] | None = print, parallel: dict | None = None) -> TrainResult:
+def train_emulator(
+    bands: Sequence[str],
+    n_train: int,
+    *,
+    seed: int = 0,
+    device=None,
+    z_max: float = DEFAULT_Z_MAX,
+    hidden: Sequence[int] = (48, 48, 48),
+    burst_hidden: Sequence[int] | None = None,
+    epochs: int = 400,
+    batch: int = 512,
+    max_minutes: float | None = None,
+    burst_share: float = 0.5,
+    cosmology: str = "Planck18",
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    parallel: dict | None = None,
+) -> TrainResult:
     """Generate a training set with the SPS and train an emulator for ``bands``.
 
     ``max_minutes`` is the training budget of both networks together (``burst_share`` of it for the
@@ -211,22 +206,28 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
     generation out over dask (:mod:`engine.emulator.dataset`).
     """
     from engine import __version__
-    from engine.emulator.dataset import sps_training_set
     from engine.emulator.model import resolve_cosmology
     from engine.sps import SPSModel
 
     t0 = time.perf_counter()
     sps = SPSModel(list(bands), cosmology=resolve_cosmology(cosmology), device=device, z_max=z_max)
-    theta, y = sps_training_set(sps, n_train, seed, cosmology=cosmology, progress=progress, log=log, **(parallel or {}))
+    theta, y = sps_training_set(
+        sps, n_train, seed, cosmology=cosmology, progress=progress, log=log, **(parallel or {})
+    )
     t_gen = time.perf_counter() - t0
     if log:
         log(f"training set: {n_train} rows from the SPS in {t_gen:.0f} s")
     lam = [f.effective_wavelength for f in sps.filters]
     n_b, n_z = len(sps.bands), sps.n_z
-    n_basis = n_z * N_BASES * n_b
+    n_basis = n_z * N_SFH_BASES * n_b
     inputs = ComponentInputs(z_max, lam, dtype=torch.float64)
-    constants = {"age_edges_gyr": sps.age_edges_gyr, "live_frac": sps.live_frac, "ssp_log_ages": sps.ssp_log_ages,
-                 "ssp_live": sps.ssp_live, "zmet_grid": sps.zmet_grid}
+    constants = {
+        "age_edges_gyr": sps.age_edges_gyr,
+        "live_frac": sps.live_frac,
+        "ssp_log_ages": sps.ssp_log_ages,
+        "ssp_live": sps.ssp_live,
+        "zmet_grid": sps.zmet_grid,
+    }
     constants = {k: v.detach().double().cpu() for k, v in constants.items()}
     constants.update(burst_sed_table(sps))
     t_age = sps.cosmo.age_gyr(theta[:, IDX["z"]].to(device=sps.device, dtype=sps.dtype)).double().cpu()
@@ -235,9 +236,18 @@ def train_emulator(bands: Sequence[str], n_train: int, *, seed: int = 0, device=
     nets, norms, history, rmse = {}, {}, {}, {}
     for name, x, yy, hid, share in (("basis", x_basis, y[:, :n_basis], tuple(hidden), 1.0 - burst_share),
                                     ("burst", x_burst, y[:, n_basis:], burst_hidden, burst_share)):
-        net, mean, std, hist, r = train_network(x, yy, hidden=hid, seed=seed, device=sps.device, epochs=epochs,
-                                                batch=batch, name=name, log=log,
-                                                max_minutes=None if max_minutes is None else max_minutes * share)
+        net, mean, std, hist, r = train_network(
+            x,
+            yy,
+            hidden=hid,
+            seed=seed,
+            device=sps.device,
+            epochs=epochs,
+            batch=batch,
+            name=name,
+            log=log,
+            max_minutes=None if max_minutes is None else max_minutes * share,
+        )
         nets[name], norms[name], history[name], rmse[name] = net, (mean, std), hist, r
     constants = {k: constants[k] for k in CONSTANTS}
     seconds = time.perf_counter() - t0

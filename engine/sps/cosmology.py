@@ -33,7 +33,9 @@ class CosmologyTable:
         if cosmology is None:
             cosmology = Planck18
         if not isinstance(cosmology, FLRW):
-            raise ValueError(f"cosmology must be an astropy.cosmology FLRW instance, got {type(cosmology).__name__}")
+            raise ValueError(
+                f"cosmology must be an astropy.cosmology FLRW instance, got {type(cosmology).__name__}"
+            )
         self.cosmology = cosmology
         self.z_max = float(z_max)
         z = np.linspace(0.0, self.z_max, n)
@@ -71,7 +73,9 @@ class CosmologyTable:
         return table[k] * (1.0 - a) + table[k + 1] * a
 
     def interp_index(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Grid index k (long) and weight a (differentiable in z) of :meth:`interp`: value = (1−a) T[k] + a T[k+1]."""
+        """Grid index k (long) and weight a (differentiable in z) of :meth:`interp`.
+
+        value = (1−a) T[k] + a T[k+1]."""
         s = (z / self.dz).clamp(min=0.0)
         k = s.detach().floor().long().clamp(max=len(self._z) - 2)
         return k, s - k.to(s.dtype)

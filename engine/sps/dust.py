@@ -41,14 +41,18 @@ def calzetti_k(wave_aa):
     k12 = 2.659 * (-2.156 + 1.509 / 0.12 - 0.198 / 0.12**2 + 0.011 / 0.12**3) + R_V_CALZETTI
     if isinstance(wave_aa, torch.Tensor):
         x = 1e4 / wave_aa  # 1/λ [µm⁻¹]; the polynomials in Horner form (fewer passes over per-galaxy arrays)
-        k_blue = ((0.011 * 2.659 * x - 0.198 * 2.659) * x + 1.509 * 2.659) * x + (R_V_CALZETTI - 2.156 * 2.659)
+        k_blue = ((0.011 * 2.659 * x - 0.198 * 2.659) * x + 1.509 * 2.659) * x + (
+            R_V_CALZETTI - 2.156 * 2.659
+        )
         k_red = (1.040 * 2.659) * x + (R_V_CALZETTI - 1.857 * 2.659)
         k = torch.where(x > 1 / 0.12, k12 * (0.12 * x) ** 0.77, torch.where(x > 1 / 0.63, k_blue, k_red))
         return k.clamp(min=0.0)
     lam = np.asarray(wave_aa, dtype=np.float64) * 1e-4
     k = np.zeros_like(lam)
     blue = lam < 0.63
-    k[blue] = 2.659 * (-2.156 + 1.509 / lam[blue] - 0.198 / lam[blue] ** 2 + 0.011 / lam[blue] ** 3) + R_V_CALZETTI
+    k[blue] = (
+        2.659 * (-2.156 + 1.509 / lam[blue] - 0.198 / lam[blue] ** 2 + 0.011 / lam[blue] ** 3) + R_V_CALZETTI
+    )
     red = ~blue
     k[red] = 2.659 * (-1.857 + 1.040 / lam[red]) + R_V_CALZETTI
     uv = lam < 0.12
@@ -65,7 +69,9 @@ def drude_profile(wave_aa):
     return lw2 / ((lam * lam - BUMP_LAMBDA0**2) ** 2 + lw2)
 
 
-def tau_ism_at(wave_aa: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor, uv_bump: bool = True) -> torch.Tensor:
+def tau_ism_at(
+    wave_aa: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor, uv_bump: bool = True
+) -> torch.Tensor:
     """Diffuse optical depth τ_ISM at arbitrary (e.g. per-galaxy rest-frame) wavelengths [Å].
 
     All arguments broadcast against each other; the formula is that of the module docstring and
@@ -75,9 +81,17 @@ def tau_ism_at(wave_aa: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor, 
                                 drude_profile(wave_aa) / R_V_CALZETTI, torch.log(wave_aa / LAMBDA_V), uv_bump)
 
 
-def tau_ism_from_factors(tau2: torch.Tensor, n_dust: torch.Tensor, k_over_rv: torch.Tensor, drude_over_rv: torch.Tensor,
-                         ln_ratio: torch.Tensor, uv_bump: bool = True) -> torch.Tensor:
-    """τ_ISM = τ2 [k(λ)/R_V + E_b(n) D(λ)/R_V] exp(n ln(λ/λ_V)) from the curve's factors at λ (module docstring).
+def tau_ism_from_factors(
+    tau2: torch.Tensor,
+    n_dust: torch.Tensor,
+    k_over_rv: torch.Tensor,
+    drude_over_rv: torch.Tensor,
+    ln_ratio: torch.Tensor,
+    uv_bump: bool = True,
+) -> torch.Tensor:
+    """τ_ISM = τ2 [k(λ)/R_V + E_b(n) D(λ)/R_V] exp(n ln(λ/λ_V)) from the curve's factors at λ.
+
+    The curve is described in the module docstring.
 
     The one formula behind :func:`tau_ism_at` (factors at arbitrary wavelengths), :meth:`DustCurves.tau_ism`
     (factors on a fixed grid) and the emulator (factors interpolated in z); all arguments broadcast.
@@ -105,13 +119,21 @@ class DustCurves:
     def __init__(self, wave_aa: np.ndarray, device: torch.device, dtype: torch.dtype, uv_bump: bool = True):
         self.uv_bump = uv_bump
         self.k_over_rv = torch.as_tensor(calzetti_k(wave_aa) / R_V_CALZETTI, device=device, dtype=dtype)
-        self.drude_over_rv = torch.as_tensor(drude_profile(wave_aa) / R_V_CALZETTI, device=device, dtype=dtype)
+        self.drude_over_rv = torch.as_tensor(
+            drude_profile(wave_aa) / R_V_CALZETTI, device=device, dtype=dtype
+        )
         self.ln_ratio = torch.as_tensor(np.log(np.asarray(wave_aa) / LAMBDA_V), device=device, dtype=dtype)
 
     def tau_ism(self, tau2: torch.Tensor, n_dust: torch.Tensor) -> torch.Tensor:
         """Diffuse optical depth τ_ISM(λ), shape (N, L)."""
-        return tau_ism_from_factors(tau2.unsqueeze(1), n_dust.unsqueeze(1), self.k_over_rv, self.drude_over_rv,
-                                    self.ln_ratio, self.uv_bump)
+        return tau_ism_from_factors(
+            tau2.unsqueeze(1),
+            n_dust.unsqueeze(1),
+            self.k_over_rv,
+            self.drude_over_rv,
+            self.ln_ratio,
+            self.uv_bump,
+        )
 
     def tau_birth_cloud(self, tau1: torch.Tensor) -> torch.Tensor:
         """Birth-cloud optical depth τ_BC(λ) = τ₁ (λ/5500 Å)^−1, shape (N, L)."""

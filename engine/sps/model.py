@@ -9,8 +9,10 @@ galaxies with no per-galaxy Python loop::
 m_a: fraction of the formed mass in SSP age bin a (:func:`engine.sps.sfh.age_bin_weights`);
 w_Z: linear-in-Z interpolation weights between the two bracketing BC03 metallicities
 (as bagpipes, Carnall et al. 2018); S: the binned BC03/MILES SSPs (:mod:`engine.sps.ssp`);
-τ: :mod:`engine.sps.dust`.  The surviving mass is M_formed Σ_{Z,a} w_Z m_a f_live(Z, a),
-so θ's ``log_mstar`` (surviving, as catalogs quote) fixes M_formed exactly.
+τ: :mod:`engine.sps.dust`.  Shapes: N galaxies, n_Z metallicities, K =
+:data:`engine.sps.params.N_SFH_BASES` SFH bases, A age bins, B bands.  The surviving mass is
+M_formed Σ_{Z,a} w_Z m_a f_live(Z, a), so θ's ``log_mstar`` (surviving, as catalogs quote) fixes M_formed
+exactly.
 """
 from __future__ import annotations
 
@@ -24,12 +26,33 @@ from engine.device import resolve_device
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves
-from engine.sps.params import DEFAULT_Z_MAX, IDX, PARAM_NAMES, param_bounds, prepare_theta, validate_theta
-from engine.sps.photometry import MPC_CM, NANOMAGGY_CGS, Filter, bin_average_response, load_filter, response_norm
+from engine.sps.params import (
+    DEFAULT_Z_MAX,
+    IDX,
+    KAPPA_SLICE,
+    PARAM_NAMES,
+    param_bounds,
+    prepare_theta,
+    validate_theta,
+)
+from engine.sps.photometry import (
+    MPC_CM,
+    NANOMAGGY_CGS,
+    Filter,
+    bin_average_response,
+    load_filter,
+    response_norm,
+)
 from engine.sps.ssp import LNU_UNIT, SSPGrid, load_ssp_grid
 
 #: Names of the derived quantities returned by :meth:`SPSModel.derived`.
-DERIVED_NAMES: tuple[str, ...] = ("log_sfr_10myr", "log_sfr_100myr", "log_ssfr_100myr", "log_mformed", "mwage_gyr")
+DERIVED_NAMES: tuple[str, ...] = (
+    "log_sfr_10myr",
+    "log_sfr_100myr",
+    "log_ssfr_100myr",
+    "log_mformed",
+    "mwage_gyr",
+)
 
 #: ln of the constant turning (1e20 erg/s/Hz) / (4π Mpc²) into nanomaggies.
 _LN_FLUX_CONST = math.log(LNU_UNIT / (4.0 * math.pi * MPC_CM**2) / NANOMAGGY_CGS)
@@ -48,7 +71,9 @@ def metallicity_nodes(log_zmet: torch.Tensor, zmet_grid: torch.Tensor) -> tuple[
     return k, (zl - zmet_grid[k]) / (zmet_grid[k + 1] - zmet_grid[k])
 
 
-def metallicity_weights(log_zmet: torch.Tensor, zmet_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def metallicity_weights(
+    log_zmet: torch.Tensor, zmet_grid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`metallicity_nodes` k and a, plus the dense node weights (N, n_Z) (zero except 1−a at k and a
     at k+1)."""
     k, a = metallicity_nodes(log_zmet, zmet_grid)
@@ -57,12 +82,18 @@ def metallicity_weights(log_zmet: torch.Tensor, zmet_grid: torch.Tensor) -> tupl
     return k, a, w.scatter_add(1, (k + 1).unsqueeze(1), a.unsqueeze(1))
 
 
-def component_survival(w_basis: torch.Tensor, live_frac: torch.Tensor, t_burst: torch.Tensor,
-                       ssp_log_ages: torch.Tensor, ssp_live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Surviving mass per M☉ formed of each pure basis (N, n_Z, 4) and of a burst of age t_burst (N, n_Z).
+def component_survival(
+    w_basis: torch.Tensor,
+    live_frac: torch.Tensor,
+    t_burst: torch.Tensor,
+    ssp_log_ages: torch.Tensor,
+    ssp_live: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Surviving mass per M☉ formed of each pure basis (N, n_Z, K) and of a burst of age t_burst (N, n_Z).
 
-    ``w_basis`` from :func:`engine.sps.sfh.basis_bin_weights`; ``live_frac`` (n_Z, A) of the age bins; ``ssp_live``
-    (n_Z, S) of the single-age SSPs at ``ssp_log_ages`` (S,), interpolated as the burst spectrum is.
+    ``w_basis`` from :func:`engine.sps.sfh.basis_bin_weights`; ``live_frac`` (n_Z, A) of the age bins;
+    ``ssp_live`` (n_Z, S) of the single-age SSPs at ``ssp_log_ages`` (S,), interpolated as the burst
+    spectrum is.
     """
     s_basis = torch.einsum("nia,ka->nki", w_basis, live_frac)
     return s_basis, burst_survival(t_burst, ssp_log_ages, ssp_live)
@@ -119,9 +150,17 @@ class SPSModel:
     param_names: tuple[str, ...] = PARAM_NAMES
     derived_names: tuple[str, ...] = DERIVED_NAMES
 
-    def __init__(self, bands: Sequence[str] | str, cosmology=None, device=None, dtype: torch.dtype = torch.float32,
-                 z_max: float = DEFAULT_Z_MAX, uv_bump: bool = True, batch_size: int = 8192,
-                 ssp: SSPGrid | None = None):
+    def __init__(
+        self,
+        bands: Sequence[str] | str,
+        cosmology=None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        z_max: float = DEFAULT_Z_MAX,
+        uv_bump: bool = True,
+        batch_size: int = 8192,
+        ssp: SSPGrid | None = None,
+    ):
         if isinstance(bands, str):
             bands = [b.strip() for b in bands.split(",") if b.strip()]
         bands = list(bands)
@@ -182,7 +221,8 @@ class SPSModel:
             jh = int(math.ceil(math.log(hi / self.lam_min_edge) / dln))
             if jl - self.max_shift - 1 < 0:
                 raise ValueError(
-                    f"band '{f.name}' starts at {lo:.0f} Å, i.e. {lo / (1 + self.z_max):.0f} Å in the rest frame at "
+                    f"band '{f.name}' starts at {lo:.0f} Å, i.e. {lo / (1 + self.z_max):.0f} Å in the rest "
+                    "frame at "
                     f"z_max={self.z_max:g}, below the SSP grid's {self.lam_min_edge:.0f} Å"
                 )
             if jh >= n_wave:
@@ -197,7 +237,9 @@ class SPSModel:
         self._i1 = j1  # one past the last
         win = slice(self._i0, self._i1)
         edges_obs = self.lam_min_edge * np.exp(dln * np.arange(self._j0, j1 + 1))
-        resp = np.stack([bin_average_response(f, edges_obs) * dln / response_norm(f) for f in self.filters], axis=1)
+        resp = np.stack(
+            [bin_average_response(f, edges_obs) * dln / response_norm(f) for f in self.filters], axis=1
+        )
         self._resp = self._t(resp)  # (J, B)
         self._obs_idx = torch.arange(self._j0 - self._i0, j1 - self._i0, device=self.device)  # (J,)
         self._win = win
@@ -209,7 +251,8 @@ class SPSModel:
 
     # ------------------------------------------------------------------ helpers
     def validate_theta(self, theta: torch.Tensor) -> None:
-        """Raise ``ValueError`` naming the parameter if θ has the wrong shape, NaNs or is outside ``bounds``."""
+        """Raise ``ValueError`` naming the parameter if θ has the wrong shape, NaNs or is outside
+        ``bounds``."""
         validate_theta(theta, self.bounds, PARAM_NAMES)
 
     def _prep(self, theta) -> torch.Tensor:
@@ -226,7 +269,7 @@ class SPSModel:
         """Per-galaxy ingredients: age of the Universe, β, age-bin and Z weights, formed mass."""
         c = {name: theta[:, i] for name, i in IDX.items()}
         t_age = self.cosmo.age_gyr(c["z"])
-        beta = sfh_mod.stick_breaking(theta[:, IDX["kappa1"]:IDX["kappa3"] + 1])
+        beta = sfh_mod.stick_breaking(theta[:, KAPPA_SLICE])
         f_eff = c["f_burst"] * sfh_mod.burst_active(c["t_burst"], t_age)
         w_age = (1.0 - f_eff).unsqueeze(1) * sfh_mod.smooth_bin_weights(beta, t_age, self.age_edges_gyr)
         kz, az, w_z = self._zmet_interp(c["log_zmet"])
@@ -234,7 +277,9 @@ class SPSModel:
         # the four (metallicity, age) corners of the burst and their weights, as flat SSP indices
         idx = torch.stack([kz * self.n_ssp + kb, kz * self.n_ssp + kb + 1,
                            (kz + 1) * self.n_ssp + kb, (kz + 1) * self.n_ssp + kb + 1], dim=1)
-        wb = f_eff.unsqueeze(1) * torch.stack([(1 - az) * (1 - ab), (1 - az) * ab, az * (1 - ab), az * ab], dim=1)
+        wb = f_eff.unsqueeze(1) * torch.stack(
+            [(1 - az) * (1 - ab), (1 - az) * ab, az * (1 - ab), az * ab], dim=1
+        )
         surv = torch.einsum("nz,na,za->n", w_z, w_age, self.live_frac)
         surv = surv + (wb * self.ssp_live.reshape(-1)[idx]).sum(1)
         log_mformed = c["log_mstar"] - torch.log10(surv)
@@ -269,7 +314,8 @@ class SPSModel:
 
     def _fluxes_chunk(self, theta: torch.Tensor) -> torch.Tensor:
         comp = self._components(theta)
-        lnu = self._lnu_per_mass(comp, self._ssp_young_win, self._ssp_old_win, self._ssp_lnu_win, self.dust_win)  # (N, W)
+        lnu = self._lnu_per_mass(comp, self._ssp_young_win, self._ssp_old_win, self._ssp_lnu_win,
+                                 self.dust_win)  # (N, W)
         z = comp["z"]
         band = self._observe(lnu, z)  # (N, B): ∫ L_ν R dlnλ / ∫ R dlnλ
         return band * torch.exp(math.log(10.0) * comp["log_mformed"] + self.ln_flux_scale(z)).unsqueeze(1)
@@ -298,13 +344,14 @@ class SPSModel:
     # ------------------------------------------------------------------ the linear decomposition
     def basis_band_luminosities(self, z: torch.Tensor, tau1: torch.Tensor, tau2: torch.Tensor,
                                 n_dust: torch.Tensor) -> torch.Tensor:
-        """Band luminosity per M☉ formed of each pure SFH basis at each metallicity node, (N, n_Z, 4, B).
+        """Band luminosity per M☉ formed of each pure SFH basis at each metallicity node, (N, n_Z, K, B).
 
         The SPS is linear in everything but redshift and dust: for galaxy θ, with basis weights β
         (stick-breaking of κ), node weights w_Z (linear in Z between grid metallicities) and the effective
         burst fraction f,
 
-            band_b(θ) = Σ_k w_Z,k [ (1 − f) Σ_i β_i L[k, i, b](z, τ1, τ2, n) + f L_burst[k, b](z, τ2, n, t_burst) ],
+            band_b(θ) = Σ_k w_Z,k [ (1 − f) Σ_i β_i L[k, i, b](z, τ1, τ2, n)
+                                    + f L_burst[k, b](z, τ2, n, t_burst) ],
 
         and the surviving mass per M☉ formed is the same combination of :meth:`component_survival`.
         This method gives L (see :meth:`burst_band_luminosities` for L_burst), in the units of
@@ -318,13 +365,15 @@ class SPSModel:
         return torch.cat(out, 0)
 
     def _basis_chunk(self, z, tau1, tau2, n_dust) -> torch.Tensor:
-        w = sfh_mod.basis_bin_weights(self.cosmo.age_gyr(z), self.age_edges_gyr)  # (N, 4, A)
+        w = sfh_mod.basis_bin_weights(self.cosmo.age_gyr(z), self.age_edges_gyr)  # (N, K, A)
         ny = self.n_young
         young = self._ssp_young_win.reshape(self.n_z, ny, -1)
         old = self._ssp_old_win.reshape(self.n_z, self.n_age - ny, -1)
         att_bc = torch.exp(-self.dust_win.tau_birth_cloud(tau1))[:, None, None, :]
         att_ism = torch.exp(-self.dust_win.tau_ism(tau2, n_dust))[:, None, None, :]
-        lnu = torch.einsum("nia,kaw->nkiw", w[:, :, ny:], old) + att_bc * torch.einsum("nia,kaw->nkiw", w[:, :, :ny], young)
+        lnu = torch.einsum("nia,kaw->nkiw", w[:, :, ny:], old) + att_bc * torch.einsum(
+            "nia,kaw->nkiw", w[:, :, :ny], young
+        )
         return self._observe(att_ism * lnu, z)
 
     def burst_band_luminosities(self, z: torch.Tensor, tau2: torch.Tensor, n_dust: torch.Tensor,
@@ -333,12 +382,13 @@ class SPSModel:
         (N, n_Z, B) (see :meth:`basis_band_luminosities`).  Bursts are older than 10 Myr: no birth clouds."""
         kb, ab = sfh_mod.burst_interpolation(t_burst, self.ssp_log_ages)
         ssp = self._ssp_lnu_win.reshape(self.n_z, self.n_ssp, -1)
-        lnu = (1.0 - ab)[:, None, None] * ssp[:, kb].transpose(0, 1) + ab[:, None, None] * ssp[:, kb + 1].transpose(0, 1)
+        lnu = ((1.0 - ab)[:, None, None] * ssp[:, kb].transpose(0, 1)
+               + ab[:, None, None] * ssp[:, kb + 1].transpose(0, 1))
         att_ism = torch.exp(-self.dust_win.tau_ism(tau2, n_dust))[:, None, :]
         return self._observe(att_ism * lnu, z)
 
     def component_survival(self, z: torch.Tensor, t_burst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Surviving mass per M☉ formed of each pure basis (N, n_Z, 4) and of the burst (N, n_Z)."""
+        """Surviving mass per M☉ formed of each pure basis (N, n_Z, K) and of the burst (N, n_Z)."""
         w = sfh_mod.basis_bin_weights(self.cosmo.age_gyr(z), self.age_edges_gyr)
         return component_survival(w, self.live_frac, t_burst, self.ssp_log_ages, self.ssp_live)
 

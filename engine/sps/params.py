@@ -1,8 +1,9 @@
-"""The physical parameters θ of a galaxy, their order, ranges and validation.
+"""The physical parameters θ of a galaxy: one description of their order, ranges and units.
 
-The order of :data:`PARAM_NAMES` is the public API: every tensor ``theta`` in the
-project has shape ``(N, 11)`` with columns in this order (DESIGN §2; Li et al.
-2023, arXiv:2309.16958, Table 1).
+The order of :data:`PARAMS` is the public API: every tensor ``theta`` in the project has shape
+``(N, 11)`` with columns in this order (Li et al. 2023, arXiv:2309.16958, Table 1).  The emulator,
+the mock catalogs and the dashboard read the names, ranges, units and the number of SFH bases from
+here.
 
 =============  ===========================================================  ================
 name           meaning                                                      range
@@ -17,58 +18,70 @@ name           meaning                                                      rang
 ``tau1``       birth-cloud optical depth at 5500 Å (stars < 10 Myr)          [0, 3]
 ``tau2``       diffuse-ISM optical depth at 5500 Å                          [0, 3]
 =============  ===========================================================  ================
+
+The κ coordinates are the ``N_SFH_BASES − 1`` stick-breaking coordinates of the SFH basis weights
+(:func:`engine.sps.sfh.stick_breaking`; Betancourt 2012, Li et al. 2023 Appendix A).
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, NamedTuple
 
-PARAM_NAMES: tuple[str, ...] = (
-    "z",
-    "log_mstar",
-    "kappa1",
-    "kappa2",
-    "kappa3",
-    "t_burst",
-    "f_burst",
-    "log_zmet",
-    "n_dust",
-    "tau1",
-    "tau2",
-)
+if TYPE_CHECKING:  # torch is imported where θ is checked, so the names and ranges stay cheap to import
+    import torch
 
-#: Default upper redshift bound (DESIGN §2).
+#: The smooth SFH bases, in the order of their weights β (defined in :mod:`engine.sps.sfh`).
+SFH_BASIS_NAMES: tuple[str, ...] = ("early", "declining", "constant", "rising")
+
+#: Number of smooth SFH bases; θ holds ``N_SFH_BASES − 1`` stick-breaking coordinates κ.
+N_SFH_BASES: int = len(SFH_BASIS_NAMES)
+
+#: Names of the stick-breaking coordinates, in θ order (``kappa1`` ... ``kappa3``).
+KAPPA_NAMES: tuple[str, ...] = tuple(f"kappa{i}" for i in range(1, N_SFH_BASES))
+
+#: Default upper redshift bound (the redshift range of the SDSS main sample and of Li et al. 2023).
 DEFAULT_Z_MAX: float = 0.65
 
+
+class ParamSpec(NamedTuple):
+    """One parameter of θ: its name, range, unit (for tables and axis labels) and meaning.
+
+    The upper bound of ``z`` is :data:`DEFAULT_Z_MAX`; models built with another ``z_max`` replace it
+    (:func:`param_bounds`).
+    """
+
+    name: str
+    low: float
+    high: float
+    unit: str
+    description: str
+
+
+#: θ, column by column.
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("z", 0.0, DEFAULT_Z_MAX, "", "redshift"),
+    ParamSpec("log_mstar", 7.0, 13.0, "log10(M/Msun)", "log10 surviving stellar mass"),
+    *(ParamSpec(k, 0.0, 1.0, "", f"stick-breaking coordinate {i} of the SFH basis weights")
+      for i, k in enumerate(KAPPA_NAMES, start=1)),
+    ParamSpec("t_burst", 0.01, 13.27, "Gyr", "lookback time of the burst"),
+    ParamSpec("f_burst", 0.0, 1.0, "", "fraction of the formed mass in the burst"),
+    ParamSpec("log_zmet", -2.3, 0.4, "log10(Z/Zsun)", "log10 metallicity (constant in time)"),
+    ParamSpec("n_dust", -3.0, 1.0, "", "power-law slope change of the Calzetti curve"),
+    ParamSpec("tau1", 0.0, 3.0, "", "birth-cloud optical depth at 5500 Å (stars < 10 Myr)"),
+    ParamSpec("tau2", 0.0, 3.0, "", "diffuse-ISM optical depth at 5500 Å"),
+)
+
+PARAM_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMS)
+
 #: Parameter ranges except the redshift, whose upper bound is ``z_max``.
-BASE_BOUNDS: dict[str, tuple[float, float]] = {
-    "log_mstar": (7.0, 13.0),
-    "kappa1": (0.0, 1.0),
-    "kappa2": (0.0, 1.0),
-    "kappa3": (0.0, 1.0),
-    "t_burst": (0.01, 13.27),
-    "f_burst": (0.0, 1.0),
-    "log_zmet": (-2.3, 0.4),
-    "n_dust": (-3.0, 1.0),
-    "tau1": (0.0, 3.0),
-    "tau2": (0.0, 3.0),
-}
+BASE_BOUNDS: dict[str, tuple[float, float]] = {p.name: (p.low, p.high) for p in PARAMS if p.name != "z"}
 
 #: Units of each parameter, for tables and axis labels.
-PARAM_UNITS: dict[str, str] = {
-    "z": "",
-    "log_mstar": "log10(M/Msun)",
-    "kappa1": "",
-    "kappa2": "",
-    "kappa3": "",
-    "t_burst": "Gyr",
-    "f_burst": "",
-    "log_zmet": "log10(Z/Zsun)",
-    "n_dust": "",
-    "tau1": "",
-    "tau2": "",
-}
+PARAM_UNITS: dict[str, str] = {p.name: p.unit for p in PARAMS}
 
 IDX = {name: i for i, name in enumerate(PARAM_NAMES)}
+
+#: Columns of the κ coordinates in θ (contiguous).
+KAPPA_SLICE: slice = slice(IDX[KAPPA_NAMES[0]], IDX[KAPPA_NAMES[-1]] + 1)
 
 
 def param_bounds(z_max: float = DEFAULT_Z_MAX) -> dict[str, tuple[float, float]]:
@@ -101,11 +114,16 @@ def validate_theta(theta: torch.Tensor, bounds: torch.Tensor, names: tuple[str, 
     rtol : float
         Tolerance relative to each range, absorbing float32 round-off at the edges.
     """
+    import torch
+
     if not isinstance(theta, torch.Tensor):
-        raise ValueError(f"theta must be a torch.Tensor of shape (N, {len(names)}), got {type(theta).__name__}")
+        raise ValueError(
+            f"theta must be a torch.Tensor of shape (N, {len(names)}), got {type(theta).__name__}"
+        )
     if theta.ndim != 2 or theta.shape[1] != len(names):
         raise ValueError(
-            f"theta must have shape (N, {len(names)}) with columns {', '.join(names)}; got shape {tuple(theta.shape)}"
+            f"theta must have shape (N, {len(names)}) with columns {', '.join(names)}; got shape "
+            f"{tuple(theta.shape)}"
         )
     with torch.no_grad():
         bad_nan = ~torch.isfinite(theta)
@@ -133,9 +151,10 @@ def prepare_theta(theta, bounds: torch.Tensor, device: torch.device, dtype: torc
 
     Accepts tensors, arrays and nested lists; a single θ of shape (D,) becomes (1, D).
     """
-    if not isinstance(theta, torch.Tensor):
-        import numpy as np
+    import numpy as np
+    import torch
 
+    if not isinstance(theta, torch.Tensor):
         theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
     if theta.ndim == 1 and theta.shape[0] == len(PARAM_NAMES):
         theta = theta.unsqueeze(0)

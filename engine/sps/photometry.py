@@ -86,7 +86,9 @@ def load_filter(name: str) -> Filter:
     except Exception:
         close = difflib.get_close_matches(name.lower(), speclite_names(), n=4, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown band '{name}' (not a speclite filter name nor an ECSV file){hint}") from None
+        raise ValueError(
+            f"unknown band '{name}' (not a speclite filter name nor an ECSV file){hint}"
+        ) from None
     return Filter(name=name, wave=np.asarray(f.wavelength, dtype=np.float64),
                   response=np.asarray(f.response, dtype=np.float64))
 
@@ -99,7 +101,9 @@ def _load_ecsv_filter(path: Path) -> Filter:
     try:
         t = Table.read(path, format="ascii.ecsv")
     except Exception as exc:
-        raise ValueError(f"filter file '{path}' is not a readable ECSV table ({exc.__class__.__name__})") from None
+        raise ValueError(
+            f"filter file '{path}' is not a readable ECSV table ({exc.__class__.__name__})"
+        ) from None
     cols = {c.lower(): c for c in t.colnames}
     if "wavelength" not in cols or "response" not in cols:
         raise ValueError(f"filter file '{path}' needs columns 'wavelength' and 'response', has {t.colnames}")

@@ -34,12 +34,15 @@ import math
 
 import torch
 
+from engine.sps.params import SFH_BASIS_NAMES
+
 #: Shape constants of the bases (fractions of t_age).
 EARLY_SCALE = 0.1
 DECLINE_SCALE = 0.3
 RISE_SCALE = 0.3
 
-BASIS_NAMES: tuple[str, ...] = ("early", "declining", "constant", "rising")
+#: Names of the bases, in the order of β (one list for the whole project: :mod:`engine.sps.params`).
+BASIS_NAMES: tuple[str, ...] = SFH_BASIS_NAMES
 
 
 def stick_breaking(kappa: torch.Tensor) -> torch.Tensor:
@@ -80,7 +83,9 @@ def basis_pdf(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([p1, p2, p3, p4], dim=-1) * inside.unsqueeze(-1)
 
 
-def smooth_mass_fraction_within(t_gyr: torch.Tensor, t_age_gyr: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def smooth_mass_fraction_within(
+    t_gyr: torch.Tensor, t_age_gyr: torch.Tensor, beta: torch.Tensor
+) -> torch.Tensor:
     """Fraction of the smooth component's mass formed at lookback times < t.
 
     Parameters
@@ -107,7 +112,9 @@ def burst_active(t_burst: torch.Tensor, t_age_gyr: torch.Tensor) -> torch.Tensor
     return (t_burst < t_age_gyr).to(t_burst.dtype)
 
 
-def smooth_bin_weights(beta: torch.Tensor, t_age_gyr: torch.Tensor, age_edges_gyr: torch.Tensor) -> torch.Tensor:
+def smooth_bin_weights(
+    beta: torch.Tensor, t_age_gyr: torch.Tensor, age_edges_gyr: torch.Tensor
+) -> torch.Tensor:
     """Fraction of the smooth component's mass in each SSP age bin, shape (N, A); rows sum to 1.
 
     Integrated exactly over each bin from the closed-form CDFs; bins older than the
@@ -131,14 +138,18 @@ def basis_bin_weights(t_age_gyr: torch.Tensor, age_edges_gyr: torch.Tensor) -> t
     return w.transpose(1, 2)
 
 
-def burst_interpolation(t_burst: torch.Tensor, ssp_log_ages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def burst_interpolation(
+    t_burst: torch.Tensor, ssp_log_ages: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bracketing single-age SSP index k and weight a of ``t_burst`` [Gyr], linear in log age.
 
     The burst spectrum is (1 − a) S_k + a S_{k+1}; ``ssp_log_ages`` are log10(age/yr),
     increasing.  Differentiable in ``t_burst`` through a.
     """
     lt = torch.log10(t_burst * 1e9).clamp(float(ssp_log_ages[0]), float(ssp_log_ages[-1]))
-    k = (torch.searchsorted(ssp_log_ages, lt.detach().contiguous(), right=True) - 1).clamp(0, len(ssp_log_ages) - 2)
+    k = (torch.searchsorted(ssp_log_ages, lt.detach().contiguous(), right=True) - 1).clamp(
+        0, len(ssp_log_ages) - 2
+    )
     a = ((lt - ssp_log_ages[k]) / (ssp_log_ages[k + 1] - ssp_log_ages[k])).clamp(0.0, 1.0)
     return k, a
 

