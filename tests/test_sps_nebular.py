@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SDSS_BANDS
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -76,7 +75,7 @@ def test_lines_move_r_minus_i_of_a_star_forming_galaxy(sdss_model, monkeypatch):
 
     neb = SPSModel(SDSS_BANDS, device="cpu", dtype=torch.float64, nebular=True)
     th = _theta(neb, z=0.08, log_u=-2.5, t_burst=1.0, **CONSTANT_SF)
-    ri = lambda m: float(m[0, 2] - m[0, 3])  # noqa: E731
+    ri = lambda m: float(m[0, 2] - m[0, 3])
     with_lines = ri(neb.magnitudes(th))
     stars = ri(sdss_model.magnitudes(th[:, :-1].float()))
     monkeypatch.setattr(neb._nebular, "line_bands", lambda comp, w, igm: torch.zeros(1, len(SDSS_BANDS)))

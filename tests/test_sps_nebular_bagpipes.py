@@ -31,7 +31,12 @@ import torch
 
 pytest.importorskip("bagpipes")
 
-from bagpipes_reference import BAGPIPES_COSMO, bagpipes_components, random_comparison_theta, write_filter_files  # noqa: E402
+from bagpipes_reference import (
+    BAGPIPES_COSMO,
+    bagpipes_components,
+    random_comparison_theta,
+    write_filter_files,
+)
 
 pytestmark = pytest.mark.bagpipes
 
@@ -82,7 +87,7 @@ def _reference(model, theta, folder: Path) -> tuple[np.ndarray, np.ndarray, np.n
         fine, _ = _run(model, theta, folder, False, 0.01)
     finally:
         _set_age_sampling(0.01)
-    mag = lambda f: -2.5 * np.log10(f * 1e-6 / 3631.0)  # noqa: E731
+    mag = lambda f: -2.5 * np.log10(f * 1e-6 / 3631.0)
     return mag(fine + neb - bare), mag(neb) - mag(bare), ha
 
 

@@ -25,14 +25,19 @@ gives its Lyman-α pixel the transmission of the pixel blueward of it).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from engine.sps.dust import LAMBDA_V, tau_ism_at
 from engine.sps.igm import LYMAN_ALPHA, igm_tau, lyman_series_coefficients
-from engine.sps.nebular import NebularGrid, bracket_contract, load_nebular_grid, log_u_nodes
+from engine.sps.nebular import (
+    NebularGrid,
+    bracket_contract,
+    load_nebular_grid,
+    log_u_nodes,
+)
 from engine.sps.params import validate_theta
 from engine.sps.photometry import Filter, response_norm
 from engine.sps.ssp import C_AA_S, L_SUN_ERG_S, LNU_UNIT
@@ -61,7 +66,7 @@ class LineResponse:
         lo = min(f.support[0] for f in filters) * 0.999
         hi = max(f.support[1] for f in filters) * 1.001
         self.x0 = math.log(lo)
-        n = int(math.ceil((math.log(hi) - self.x0) / LINE_RESPONSE_STEP)) + 2
+        n = math.ceil(((math.log(hi) - self.x0) / LINE_RESPONSE_STEP)) + 2
         lam = np.exp(self.x0 + LINE_RESPONSE_STEP * np.arange(n))
         tab = np.stack([np.interp(lam, f.wave, f.response, left=0.0, right=0.0) / response_norm(f) for f in filters], 1)
         self.table = torch.as_tensor(tab, device=device, dtype=dtype)  # (n, B)
@@ -119,7 +124,7 @@ class NebularComponent:
         self.grid = grid if grid is not None else load_nebular_grid(age_edges, edges)
         g = self.grid
         self.device, self.dtype, self.uv_bump = device, dtype, uv_bump
-        t = lambda x: torch.as_tensor(np.ascontiguousarray(x), device=device, dtype=dtype)  # noqa: E731
+        t = lambda x: torch.as_tensor(np.ascontiguousarray(x), device=device, dtype=dtype)
         nz, nu, na = g.lines.shape[:3]
         self.log_u_grid = t(g.log_u)
         cont = g.cont.transpose(1, 0, 2, 3).reshape(nu, nz * na, -1)  # (U, Z·A, L)

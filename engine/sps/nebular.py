@@ -42,7 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.sps.ssp import C_AA_S, GRID_METALLICITIES, L_SUN_ERG_S, LNU_UNIT, _bin_average_spectra, cache_dir
+from engine.sps.ssp import (
+    C_AA_S,
+    GRID_METALLICITIES,
+    L_SUN_ERG_S,
+    LNU_UNIT,
+    _bin_average_spectra,
+    cache_dir,
+)
 
 LINE_FILE = "bc03_miles_nebular_line_grids_extended_logU_nograins_cloudy25.fits"
 CONT_FILE = "bc03_miles_nebular_cont_grids_extended_logU_nograins_cloudy25.fits"
@@ -228,7 +235,7 @@ def bracket_contract(w: torch.Tensor, k: torch.Tensor, a: torch.Tensor, table: t
     ``w`` (N, R) holds the per-galaxy weights of the rows (metallicity × age); galaxies are grouped
     by their log U interval so that each group is one matrix product with the two bracketing nodes
     (a Python loop over the U − 1 intervals, never over galaxies)."""
-    n_u, n_r, n_k = table.shape
+    _, n_r, n_k = table.shape
     out = w.new_zeros((w.shape[0], n_k))
     for j in torch.unique(k).tolist():
         sel = (k == j).nonzero().squeeze(1)
