@@ -169,3 +169,57 @@ def test_igm_leaves_bands_redward_of_lyman_alpha_untouched_and_dims_the_far_uv()
     print("\nIGM transmission of the band flux (FUV, u, r) at z = 0.05, 0.4, 2.8:\n", ratio.round(4))
     assert 0.9 < ratio[1, 0] < 1.0 and ratio[0, 0] > ratio[1, 0]
     assert ratio[2, 1] < 0.8
+
+
+def test_igm_keeps_the_linear_decomposition_exact_and_fluxes_smooth_in_z():
+    """The emulator's decomposition (basis / burst band luminosities) goes through the same IGM
+    transmissions as the fluxes; and u-band fluxes at z ≈ 3 are continuous with finite z-gradients."""
+    from conftest import uniform_theta
+
+    from engine.sps import SPSModel
+    from engine.sps.params import IDX
+
+    m = SPSModel(["galex-fuv", "sdss2010-u", "sdss2010-g"], dtype=torch.float64, device="cpu", z_max=3.0, igm=True)
+    th = uniform_theta(m, 100, seed=4, dtype=torch.float64)
+    c = {k: th[:, i] for k, i in IDX.items()}
+    lum = m.basis_band_luminosities(c["z"], c["tau1"], c["tau2"], c["n_dust"])
+    lum_b = m.burst_band_luminosities(c["z"], c["tau2"], c["n_dust"], c["t_burst"])
+    comp = m._components(th)
+    beta, f, wz = comp["beta"], comp["f_eff"], comp["w_z"]
+    band = (1 - f)[:, None] * torch.einsum("nk,nkib,ni->nb", wz, lum, beta) + f[:, None] * torch.einsum("nk,nkb->nb", wz, lum_b)
+    flux = band * torch.exp(math.log(10.0) * comp["log_mformed"] + m.ln_flux_scale(c["z"]))[:, None]
+    assert torch.allclose(flux, m.fluxes(th), rtol=1e-10, atol=0.0)
+
+    z = torch.linspace(2.7, 2.9, 401, dtype=torch.float64)
+    row = _theta(m, **CONSTANT_SF).repeat(401, 1)
+    row[:, 0] = z
+    row.requires_grad_(True)
+    u = m.magnitudes(row)[:, 1]
+    (g,) = torch.autograd.grad(u.sum(), row)
+    assert torch.isfinite(g).all() and float(g[:, 0].min()) > 0  # fainter with z: distance and IGM
+    assert float(u.detach().diff().abs().max()) < 5e-3  # steps of 5e-4 in z
+
+
+def test_nebular_spectrum_holds_the_lines(monkeypatch):
+    """The rest-frame spectrum of a nebular model carries Hα + [NII] as an excess worth the lines'
+    luminosities, and young stars emit (almost) nothing below 912 Å."""
+    from engine.sps import SPSModel
+
+    m = SPSModel(["sdss2010-r"], device="cpu", dtype=torch.float64, nebular=True)
+    plain = SPSModel(["sdss2010-r"], device="cpu", dtype=torch.float64)
+    th = _theta(m, z=0.01, log_u=-3.0, t_burst=1.0, **CONSTANT_SF)
+    wave, lnu = m.spectrum(th)
+    _, lnu0 = plain.spectrum(th[:, :-1])
+    j = int(torch.argmin((wave - 6562.8).abs()))
+    monkeypatch.setattr(m._nebular, "binned_lines", lambda comp, w, wave, dln: torch.zeros_like(lnu))
+    _, no_lines = m.spectrum(th)
+    # bins j-2 … j+2 hold Hα and [NII] 6548, 6584 (and no other line)
+    nu_width = m.dlnlam * 2.99792458e18 / wave[j - 2:j + 3]
+    excess_erg_s = float(((lnu[0, j - 2:j + 3] - no_lines[0, j - 2:j + 3]) * nu_width).sum())
+    d_cm = m.cosmo.luminosity_distance_mpc(th[:, 0]) * 3.0856775814913673e24
+    lines = m.line_fluxes(th, ["Halpha", "NII6584", "N  2  6548.05A"])
+    l_lines = float(lines.sum() * 4 * math.pi * d_cm[0] ** 2)
+    assert abs(excess_erg_s / l_lines - 1.0) < 1e-6
+    assert float(((lnu - no_lines) >= 0).all()) and float(no_lines[0, j] - lnu0[0, j]) > 0  # + continuum
+    ionising = wave < 900
+    assert float(lnu[0, ionising].sum()) < 0.2 * float(lnu0[0, ionising].sum())

@@ -188,12 +188,12 @@ class NebularComponent:
     def binned_lines(self, comp: dict[str, torch.Tensor], w_young: torch.Tensor, wave: torch.Tensor,
                      dlnlam: float) -> torch.Tensor:
         """The unattenuated lines as L_ν [1e20 erg/s/Hz per M☉ formed] spread over the log-λ bins (centres
-        ``wave``) that hold them, (N, L): a line of luminosity L in a bin of width Δ ln λ adds L λ_l / (c Δ)."""
+        ``wave``) that hold them, (N, L): a line of luminosity L in a bin of width Δ ln λ centred at λ adds L λ / (c Δ)."""
         k, a = log_u_nodes(comp["log_u"], self.log_u_grid)
         lum = bracket_contract(w_young, k, a, self.lines_all)  # (N, K) L☉
         x = (torch.log(self.line_wave_all) - torch.log(wave[0])) / dlnlam + 0.5
         inside = (x >= 0) & (x < wave.shape[0])
         col = x.floor().long().clamp(0, wave.shape[0] - 1)[inside]
-        scale = (L_SUN_ERG_S * self.line_wave_all / (C_AA_S * dlnlam * LNU_UNIT))[inside]
+        scale = L_SUN_ERG_S * wave[col] / (C_AA_S * dlnlam * LNU_UNIT)
         out = lum.new_zeros((lum.shape[0], wave.shape[0]))
         return out.index_add(1, col, lum[:, inside] * scale)
