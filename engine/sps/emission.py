@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import LAMBDA_V, tau_ism_at
 from engine.sps.igm import LYMAN_ALPHA, igm_tau, lyman_series_coefficients
 from engine.sps.nebular import (
@@ -39,7 +40,7 @@ from engine.sps.nebular import (
     log_u_nodes,
 )
 from engine.sps.params import validate_theta
-from engine.sps.photometry import Filter, response_norm
+from engine.sps.photometry import MPC_CM, Filter, response_norm
 from engine.sps.ssp import C_AA_S, L_SUN_ERG_S, LNU_UNIT
 
 #: Range of θ's ``log_u`` column.
@@ -66,7 +67,7 @@ class LineResponse:
         lo = min(f.support[0] for f in filters) * 0.999
         hi = max(f.support[1] for f in filters) * 1.001
         self.x0 = math.log(lo)
-        n = math.ceil(((math.log(hi) - self.x0) / LINE_RESPONSE_STEP)) + 2
+        n = math.ceil((math.log(hi) - self.x0) / LINE_RESPONSE_STEP) + 2
         lam = np.exp(self.x0 + LINE_RESPONSE_STEP * np.arange(n))
         tab = np.stack([np.interp(lam, f.wave, f.response, left=0.0, right=0.0) / response_norm(f) for f in filters], 1)
         self.table = torch.as_tensor(tab, device=device, dtype=dtype)  # (n, B)
@@ -184,6 +185,15 @@ class NebularComponent:
         lum = lum * self._line_attenuation(comp, self.line_wave_all.index_select(0, idx)) * L_SUN_ERG_S
         pos = {i: j for j, i in enumerate(flat)}
         return torch.stack([sum(lum[:, pos[i]] for i in grp) for grp in groups], dim=1)
+
+    def line_fluxes(self, comp: dict[str, torch.Tensor], n_young: int, groups: list[list[int]],
+                    cosmo: CosmologyTable) -> torch.Tensor:
+        """Dust-attenuated fluxes [erg s⁻¹ cm⁻²] of each group of lines, (N, G): the luminosities of
+        :meth:`line_luminosities` times the formed mass over 4π D_L² (in logs: float32-safe)."""
+        lum = self.line_luminosities(comp, self.young_weights(comp, n_young), groups)
+        ln_d_cm = torch.log(cosmo.luminosity_distance_mpc(comp["z"])) + math.log(MPC_CM)
+        ln_scale = math.log(10.0) * comp["log_mformed"] - math.log(4.0 * math.pi) - 2.0 * ln_d_cm
+        return lum * torch.exp(ln_scale).unsqueeze(1)
 
     def binned_lines(self, comp: dict[str, torch.Tensor], w_young: torch.Tensor, wave: torch.Tensor,
                      dlnlam: float) -> torch.Tensor:

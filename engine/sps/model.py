@@ -436,14 +436,8 @@ class SPSModel:
             raise ValueError("line_fluxes needs a model built with nebular=True")
         groups = self._nebular.grid.line_index(list(names))
         theta = self._prep(theta)
-        out = []
-        for t in self._chunks(theta):
-            comp = self._components(t)
-            comp["log_u"] = t[:, -1]
-            lum = self._nebular.line_luminosities(comp, self._nebular.young_weights(comp, self.n_young), groups)
-            ln_d_cm = torch.log(self.cosmo.luminosity_distance_mpc(comp["z"])) + math.log(MPC_CM)
-            ln_scale = math.log(10.0) * comp["log_mformed"] - math.log(4.0 * math.pi) - 2.0 * ln_d_cm  # float32-safe
-            out.append(lum * torch.exp(ln_scale).unsqueeze(1))
+        out = [self._nebular.line_fluxes(dict(self._components(t), log_u=t[:, -1]), self.n_young, groups, self.cosmo)
+               for t in self._chunks(theta)]
         return torch.cat(out, 0) if out else theta.new_zeros((0, len(groups)))
 
     def sfh(self, theta: torch.Tensor, t_lookback_gyr) -> torch.Tensor:
