@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from engine.sps.cosmology import CosmologyTable
-from engine.sps.dust import LAMBDA_V, tau_ism_at
+from engine.sps.dust import LAMBDA_V, DustCurves, tau_ism_at
 from engine.sps.igm import LYMAN_ALPHA, igm_tau, lyman_series_coefficients
 from engine.sps.nebular import (
     NebularGrid,
@@ -56,32 +56,36 @@ _BLUEWARD = 1e-6
 
 
 class LineResponse:
-    """Normalised band responses R_b(λ) / ∫ R_b d ln λ on a fine grid uniform in ln λ, for δ-function lines.
+    """Normalised band responses R_b(λ_k (1 + z)) / ∫ R_b d ln λ of lines λ_k, tabulated on a fine grid
+    uniform in ln(1 + z) (step :data:`LINE_RESPONSE_STEP`) and interpolated linearly in it, i.e. linearly
+    in ln λ at every line; one contiguous row (K × B) per grid redshift makes the per-galaxy look-up cheap.
 
     Parameters
     ----------
     filters : sequence of Filter
+    line_wave : ndarray (K,)
+        Rest-frame line wavelengths [Å].
+    z_max : float
+        Largest redshift tabulated (beyond it the last row is used).
     """
 
-    def __init__(self, filters: Sequence[Filter], device: torch.device, dtype: torch.dtype):
-        lo = min(f.support[0] for f in filters) * 0.999
-        hi = max(f.support[1] for f in filters) * 1.001
-        self.x0 = math.log(lo)
-        n = math.ceil((math.log(hi) - self.x0) / LINE_RESPONSE_STEP) + 2
-        lam = np.exp(self.x0 + LINE_RESPONSE_STEP * np.arange(n))
-        tab = np.stack([np.interp(lam, f.wave, f.response, left=0.0, right=0.0) / response_norm(f) for f in filters], 1)
-        self.table = torch.as_tensor(tab, device=device, dtype=dtype)  # (n, B)
-        self.n = n
+    def __init__(self, filters: Sequence[Filter], line_wave: np.ndarray, z_max: float, device: torch.device,
+                 dtype: torch.dtype):
+        self.n = math.ceil(math.log1p(z_max) / LINE_RESPONSE_STEP) + 2
+        lam = np.asarray(line_wave)[None, :] * np.exp(LINE_RESPONSE_STEP * np.arange(self.n))[:, None]  # (n, K)
+        tab = np.stack([np.interp(lam, f.wave, f.response, left=0.0, right=0.0) / response_norm(f) for f in filters], -1)
+        self.shape = tab.shape[1:]
+        self.table = torch.as_tensor(tab.reshape(self.n, -1), device=device, dtype=dtype)  # (n, K·B)
 
-    def at(self, ln_lam: torch.Tensor) -> torch.Tensor:
-        """Responses at observed wavelengths exp(``ln_lam``) (…,), linear in ln λ: (…, B); zero off the grid."""
-        s = (ln_lam - self.x0) / LINE_RESPONSE_STEP
-        i = s.detach().floor().clamp(0, self.n - 2)
-        a = (s - i).clamp(0.0, 1.0).unsqueeze(-1)
-        i = i.long()
-        out = (1.0 - a) * self.table[i] + a * self.table[i + 1]
-        inside = ((s >= 0) & (s <= self.n - 1)).unsqueeze(-1).to(out.dtype)
-        return out * inside
+    def at(self, z: torch.Tensor) -> torch.Tensor:
+        """Responses of every line and band for galaxies at redshifts ``z`` (N,): (N, K, B)."""
+        s = torch.log1p(z) / LINE_RESPONSE_STEP
+        i0 = s.detach().floor().clamp(0, self.n - 2)
+        a = (s - i0).unsqueeze(-1)
+        i = i0.long()
+        lo = self.table.index_select(0, i)
+        hi = self.table.index_select(0, i + 1)
+        return (lo + a * (hi - lo)).reshape(z.shape[0], *self.shape)
 
 
 def ionising_cut(wave: np.ndarray, dlnlam: float) -> np.ndarray:
@@ -140,9 +144,9 @@ class NebularComponent:
         # L☉ per M☉ → band units (1e20 erg/s/Hz): L λ / c
         self.lines_phot = self.lines_all.index_select(2, self.phot_idx) * t(L_SUN_ERG_S * lam / C_AA_S / LNU_UNIT)
         self.phot_wave = t(lam)
-        self.phot_ln_wave = torch.log(self.phot_wave)
+        self.phot_dust = DustCurves(lam, device, dtype, uv_bump=uv_bump)
         self.lyman = torch.nonzero(self.phot_wave < LYMAN_ALPHA + 1e-3).squeeze(1)
-        self.response = LineResponse(filters, device, dtype)
+        self.response = LineResponse(filters, lam, z_max, device, dtype)
         self.igm_coefs = t(lyman_series_coefficients())
         self.cut_full = t(ionising_cut(wave, dlnlam))
         self.cut_win = t(ionising_cut(wave[win], dlnlam))
@@ -158,21 +162,25 @@ class NebularComponent:
         k, a = log_u_nodes(log_u, self.log_u_grid)
         return bracket_contract(w_young, k, a, self.cont_full if full else self.cont_win)
 
-    def _line_attenuation(self, comp: dict[str, torch.Tensor], wave: torch.Tensor) -> torch.Tensor:
-        """exp(−τ_BC − τ_ISM) at the rest wavelengths ``wave`` (K,), (N, K)."""
+    def _line_attenuation(self, comp: dict[str, torch.Tensor], wave: torch.Tensor,
+                          curves: DustCurves | None = None) -> torch.Tensor:
+        """exp(−τ_BC − τ_ISM) at the rest wavelengths ``wave`` (K,), (N, K); ``curves`` tabulated there if given."""
+        if curves is not None:
+            tau = curves.tau_ism(comp["tau2"], comp["n_dust"]) + curves.tau_birth_cloud(comp["tau1"])
+            return torch.exp(-tau)
         tau = tau_ism_at(wave.unsqueeze(0), comp["tau2"].unsqueeze(1), comp["n_dust"].unsqueeze(1), self.uv_bump)
         return torch.exp(-tau - comp["tau1"].unsqueeze(1) * (LAMBDA_V / wave))
 
     def line_bands(self, comp: dict[str, torch.Tensor], w_young: torch.Tensor, igm: bool) -> torch.Tensor:
         """Band averages of the attenuated lines per M☉ formed, in the units of ``SPSModel._observe``, (N, B)."""
         k, a = log_u_nodes(comp["log_u"], self.log_u_grid)
-        lum = bracket_contract(w_young, k, a, self.lines_phot) * self._line_attenuation(comp, self.phot_wave)
+        lum = bracket_contract(w_young, k, a, self.lines_phot) * self._line_attenuation(comp, self.phot_wave, self.phot_dust)
         ln_zp1 = torch.log1p(comp["z"]).unsqueeze(1)
         if igm and self.lyman.numel():
             lam_obs = self.phot_wave[self.lyman] * (1.0 - _BLUEWARD) * torch.exp(ln_zp1)
             trans = torch.exp(-igm_tau(lam_obs, comp["z"].unsqueeze(1), self.igm_coefs))
             lum = lum.index_copy(1, self.lyman, lum.index_select(1, self.lyman) * trans)
-        resp = self.response.at(self.phot_ln_wave.unsqueeze(0) + ln_zp1)  # (N, K, B)
+        resp = self.response.at(comp["z"])  # (N, K, B)
         return torch.einsum("nk,nkb->nb", lum, resp)
 
     def line_luminosities(self, comp: dict[str, torch.Tensor], w_young: torch.Tensor,

@@ -236,10 +236,16 @@ def bracket_contract(w: torch.Tensor, k: torch.Tensor, a: torch.Tensor, table: t
     by their log U interval so that each group is one matrix product with the two bracketing nodes
     (a Python loop over the U − 1 intervals, never over galaxies)."""
     _, n_r, n_k = table.shape
-    out = w.new_zeros((w.shape[0], n_k))
+    sels, parts = [], []
     for j in torch.unique(k).tolist():
         sel = (k == j).nonzero().squeeze(1)
         ws, aj = w.index_select(0, sel), a.index_select(0, sel).unsqueeze(1)
         lhs = torch.cat([ws * (1.0 - aj), ws * aj], dim=1)  # (n_j, 2R)
-        out = out.index_copy(0, sel, lhs @ table[j:j + 2].reshape(2 * n_r, n_k))
-    return out
+        sels.append(sel)
+        parts.append(lhs @ table[j:j + 2].reshape(2 * n_r, n_k))
+    if len(parts) <= 1:
+        return parts[0] if parts else w.new_zeros((0, n_k))
+    order = torch.cat(sels)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.shape[0], device=order.device)
+    return torch.cat(parts, 0).index_select(0, inverse)
