@@ -26,6 +26,8 @@ from engine.device import resolve_device
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves
+from engine.sps.emission import LOG_U_BOUNDS, LOG_U_NAME, NebularComponent, prepare_theta_named
+from engine.sps.igm import IGMWindow
 from engine.sps.params import (
     DEFAULT_Z_MAX,
     IDX,
@@ -136,6 +138,11 @@ class SPSModel:
         Tie a UV bump to the dust slope (Kriek & Conroy 2013); ``False`` gives pure Calzetti shapes.
     batch_size : int
         Galaxies per internal chunk (bounds peak memory; results are concatenated).
+    nebular : bool
+        Add the nebular continuum and lines of stars younger than 10 Myr (:mod:`engine.sps.emission`);
+        θ then has a 12th column ``log_u``.
+    igm : bool
+        Apply the IGM absorption of Inoue et al. (2014) (:mod:`engine.sps.igm`).
 
     Attributes
     ----------
@@ -160,6 +167,8 @@ class SPSModel:
         uv_bump: bool = True,
         batch_size: int = 8192,
         ssp: SSPGrid | None = None,
+        nebular: bool = False,
+        igm: bool = False,
     ):
         if isinstance(bands, str):
             bands = [b.strip() for b in bands.split(",") if b.strip()]
@@ -177,11 +186,15 @@ class SPSModel:
         self.filters: tuple[Filter, ...] = tuple(load_filter(b) for b in bands)
         self.bands: tuple[str, ...] = tuple(f.name for f in self.filters)
         b = param_bounds(self.z_max)
-        self.bounds = torch.tensor([b[n] for n in PARAM_NAMES], device=self.device, dtype=dtype)
+        self.nebular, self.igm = bool(nebular), bool(igm)
+        rows = [b[n] for n in PARAM_NAMES] + ([LOG_U_BOUNDS] if self.nebular else [])
+        self.param_names = PARAM_NAMES + ((LOG_U_NAME,) if self.nebular else ())
+        self.bounds = torch.tensor(rows, device=self.device, dtype=dtype)
         self.cosmo = CosmologyTable(cosmology, z_max=self.z_max, device=self.device, dtype=dtype)
         self.ssp = ssp if ssp is not None else load_ssp_grid()
         self._setup_grid()
         self._setup_photometry()
+        self._setup_emission()
 
     # ------------------------------------------------------------------ set-up
     def _t(self, x) -> torch.Tensor:
@@ -249,13 +262,27 @@ class SPSModel:
         self._ssp_lnu_win = self._ssp_lnu_full[:, win].contiguous()
         self.dust_win = DustCurves(g.wave[win], self.device, self.dtype, uv_bump=self.uv_bump)
 
+    def _setup_emission(self) -> None:
+        """Nebular tables and IGM transmissions (absent when ``nebular`` / ``igm`` are off)."""
+        self._nebular = self._igm = None
+        if self.nebular:
+            g = self.ssp
+            self._nebular = NebularComponent(g.wave, g.dlnlam, g.age_edges[:self.n_young + 1], self._win, self.filters,
+                                             self.z_max, self.uv_bump, self.device, self.dtype)
+            self._ssp_young_win = self._ssp_young_win * self._nebular.cut_win  # ionising photons absorbed
+        if self.igm:
+            obs = self.lam_min_edge * np.exp(self.dlnlam * (np.arange(self._j0, self._i1) + 0.5))
+            self._igm = IGMWindow(obs, self.dlnlam, self.max_shift, self.device, self.dtype)
+
     # ------------------------------------------------------------------ helpers
     def validate_theta(self, theta: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the parameter if θ has the wrong shape, NaNs or is outside
         ``bounds``."""
-        validate_theta(theta, self.bounds, PARAM_NAMES)
+        validate_theta(theta, self.bounds, self.param_names)
 
     def _prep(self, theta) -> torch.Tensor:
+        if self.nebular:
+            return prepare_theta_named(theta, self.bounds, self.param_names, self.device, self.dtype)
         return prepare_theta(theta, self.bounds, self.device, self.dtype)
 
     def _chunks(self, theta: torch.Tensor):
@@ -287,15 +314,21 @@ class SPSModel:
                     f_eff=f_eff, log_mformed=log_mformed)
 
     def _lnu_per_mass(self, comp: dict[str, torch.Tensor], ssp_young: torch.Tensor, ssp_old: torch.Tensor,
-                      ssp_single: torch.Tensor, dust: DustCurves) -> torch.Tensor:
+                      ssp_single: torch.Tensor, dust: DustCurves, full: bool = False) -> torch.Tensor:
         """Attenuated rest-frame L_ν per M☉ formed, in units of 1e20 erg/s/Hz, (N, W).
 
-        The burst (t_burst ≥ 10 Myr, so outside the birth clouds) is added to the old stars.
+        The burst (t_burst ≥ 10 Myr, so outside the birth clouds) is added to the old stars; the nebular
+        continuum (and on the ``full`` grid the binned lines) to the young ones.
         """
         n = comp["w_age"].shape[0]
         wz = comp["w_z"].unsqueeze(2) * comp["w_age"].unsqueeze(1)  # (N, Z, A)
         ny = self.n_young
         young = wz[:, :, :ny].reshape(n, -1) @ ssp_young
+        if self._nebular is not None:
+            w_young = wz[:, :, :ny].reshape(n, -1)
+            young = young + self._nebular.continuum(w_young, comp["log_u"], full)
+            if full:
+                young = young + self._nebular.binned_lines(comp, w_young, self.wave, self.dlnlam)
         old = wz[:, :, ny:].reshape(n, -1) @ ssp_old
         idx, wb = comp["burst_idx"], comp["burst_w"]
         for c in range(4):
@@ -314,10 +347,15 @@ class SPSModel:
 
     def _fluxes_chunk(self, theta: torch.Tensor) -> torch.Tensor:
         comp = self._components(theta)
+        if self._nebular is not None:
+            comp["log_u"] = theta[:, -1]
         lnu = self._lnu_per_mass(comp, self._ssp_young_win, self._ssp_old_win, self._ssp_lnu_win,
                                  self.dust_win)  # (N, W)
         z = comp["z"]
         band = self._observe(lnu, z)  # (N, B): ∫ L_ν R dlnλ / ∫ R dlnλ
+        if self._nebular is not None:
+            w_young = self._nebular.young_weights(comp, self.n_young)
+            band = band + self._nebular.line_bands(comp, w_young, self._igm is not None)
         return band * torch.exp(math.log(10.0) * comp["log_mformed"] + self.ln_flux_scale(z)).unsqueeze(1)
 
     def ln_flux_scale(self, z: torch.Tensor) -> torch.Tensor:
@@ -336,9 +374,15 @@ class SPSModel:
             lead = lnu.shape[1:-1]
             flat = lnu.reshape(lnu.shape[0], -1, lnu.shape[-1])
             ix = idx.unsqueeze(1).expand(-1, flat.shape[1], -1)
-            shifted = (1.0 - a.unsqueeze(1)) * flat.gather(2, ix) + a.unsqueeze(1) * flat.gather(2, ix - 1)
+            lo, hi = flat.gather(2, ix), flat.gather(2, ix - 1)
+            if self._igm is not None:
+                lo, hi = self._igm.apply(lo, hi, k, a)
+            shifted = (1.0 - a.unsqueeze(1)) * lo + a.unsqueeze(1) * hi
             return (shifted @ self._resp).reshape(lnu.shape[0], *lead, -1)
-        shifted = (1.0 - a) * lnu.gather(1, idx) + a * lnu.gather(1, idx - 1)
+        lo, hi = lnu.gather(1, idx), lnu.gather(1, idx - 1)
+        if self._igm is not None:
+            lo, hi = self._igm.apply(lo, hi, k, a)
+        shifted = (1.0 - a) * lo + a * hi
         return shifted @ self._resp
 
     # ------------------------------------------------------------------ the linear decomposition
@@ -357,7 +401,10 @@ class SPSModel:
         This method gives L (see :meth:`burst_band_luminosities` for L_burst), in the units of
         :meth:`_observe`; the emulator (:mod:`engine.emulator.basis`) learns these functions of three or
         four parameters instead of the full θ.  Inputs are (N,) tensors on the model's device.
+        Not available with ``nebular=True`` (the lines would need ``log_u``).
         """
+        if self.nebular:
+            raise ValueError("basis_band_luminosities is not available for a model with nebular=True")
         out = []
         for s in range(0, z.shape[0], max(1, self.batch_size // 16)):
             sl = slice(s, s + max(1, self.batch_size // 16))
@@ -403,17 +450,38 @@ class SPSModel:
         return 22.5 - 2.5 * torch.log10(f.clamp(min=torch.finfo(f.dtype).tiny))
 
     def spectrum(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rest-frame spectrum: wavelengths [Å] (L,) and L_ν [erg s⁻¹ Hz⁻¹] per galaxy (N, L)."""
+        """Rest-frame spectrum: wavelengths [Å] (L,) and L_ν [erg s⁻¹ Hz⁻¹] per galaxy (N, L).
+
+        With ``nebular=True`` it includes the nebular continuum and the lines, each line spread over the
+        bin that holds it; no IGM absorption (an observed-frame effect)."""
         theta = self._prep(theta)
         ny = self.n_young
         young = self._lnu_full[:, :ny].reshape(self.n_z * ny, -1)
+        if self._nebular is not None:
+            young = young * self._nebular.cut_full
         old = self._lnu_full[:, ny:].reshape(self.n_z * (self.n_age - ny), -1)
         out = []
         for t in self._chunks(theta):
             comp = self._components(t)
-            lnu = self._lnu_per_mass(comp, young, old, self._ssp_lnu_full, self.dust_full)
+            if self._nebular is not None:
+                comp["log_u"] = t[:, -1]
+            lnu = self._lnu_per_mass(comp, young, old, self._ssp_lnu_full, self.dust_full, full=True)
             out.append(lnu * (LNU_UNIT * torch.pow(10.0, comp["log_mformed"])).unsqueeze(1))
         return self.wave, torch.cat(out, dim=0)
+
+    def line_fluxes(self, theta: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """Dust-attenuated fluxes [erg s⁻¹ cm⁻²] of emission lines, (N, len(names)); needs ``nebular=True``.
+
+        ``names``: ``"Halpha"``, ``"Hbeta"``, ``"OII3727"`` (the doublet summed), ``"OIII5007"``,
+        ``"NII6584"`` … (:data:`engine.sps.nebular.LINE_ALIASES`) or Cloudy names.  No IGM absorption.
+        """
+        if self._nebular is None:
+            raise ValueError("line_fluxes needs a model built with nebular=True")
+        groups = self._nebular.grid.line_index(list(names))
+        theta = self._prep(theta)
+        out = [self._nebular.line_fluxes(dict(self._components(t), log_u=t[:, -1]), self.n_young, groups, self.cosmo)
+               for t in self._chunks(theta)]
+        return torch.cat(out, 0) if out else theta.new_zeros((0, len(groups)))
 
     def sfh(self, theta: torch.Tensor, t_lookback_gyr) -> torch.Tensor:
         """SFR [M☉/yr] of the smooth component at lookback times [Gyr], shape (N, T).
