@@ -1,0 +1,274 @@
+"""Validation rules: sentinels, refused errors, the conversion of one band's columns to nanomaggies,
+flux/magnitude agreement, and the checks of a catalog against a model (bands, redshift range).
+
+The rules are listed in docs/catalogs.md, "No measurement, sentinels and refusals".
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.catalog.bands import _BandSpec, _Part
+from engine.catalog.messages import _fail, _short_list
+from engine.catalog.model import Catalog
+from engine.catalog.sources import _INDEXED, _Source
+from engine.catalog.units import _POGSON, MAG_ZP, flux_unit_factor
+
+#: Magnitude errors above this (S/N < 0.22) are read as "no measurement".
+MAX_MAG_ERR = 5.0
+#: Magnitudes are valid in (MAG_MIN, MAG_MAX); outside they are sentinels (±99, ±999, ±9999 …).
+MAG_MIN, MAG_MAX = -10.0, 50.0
+#: Exact flux values meaning "no measurement" (in the column's own unit); also |f| ≥ FLUX_ABSURD.
+FLUX_SENTINELS = (-99.0, -999.0, -9999.0)
+FLUX_ABSURD = 1e20
+#: Exact error values meaning "no measurement" (0 and these); other negative errors are refused.
+ERR_SENTINELS = (0.0, -1.0, -99.0, -999.0, -9999.0)
+#: z_spec values meaning "no redshift".
+Z_SENTINELS = (-99.0, -999.0, -9999.0)
+#: Fraction of rows a band must keep after removing non-measurements.
+MIN_MEASURED_FRACTION = 0.5
+#: Flux/magnitude agreement: compared where flux S/N ≥ 5; a row disagrees beyond this many mag …
+AGREE_TOL_MAG = 0.05
+#: … and the band is refused when more than this fraction of compared rows disagree, or when the
+#: median offset exceeds AGREE_MEDIAN_MAG.
+AGREE_MAX_FRACTION = 0.01
+AGREE_MEDIAN_MAG = 0.02
+
+
+@dataclass
+class _Converted:
+    flux: np.ndarray
+    err: np.ndarray
+    ok: np.ndarray
+    reasons: dict[str, np.ndarray]  # disjoint masks: why a row has no measurement
+    desc: str
+
+
+def _value_masks(x: np.ndarray, mask: np.ndarray, prefix: str, reasons: dict[str, np.ndarray],
+                 k: int = 3) -> None:
+    """Add masks for the (up to k) most common sentinel values under ``mask``, and the rest."""
+    if not mask.any():
+        return
+    r = np.round(x[mask], 3)
+    vals, cnt = np.unique(r, return_counts=True)
+    top = vals[np.argsort(-cnt)[:k]]
+    rest = mask.copy()
+    for v in top:
+        m = mask & (np.round(np.where(mask, x, 0.0), 3) == v)
+        reasons[f"{prefix}={v:g}"] = m
+        rest &= ~m
+    if rest.any():
+        reasons[f"{prefix} other sentinel"] = rest
+
+
+def _check_negative(err: np.ndarray, bad: np.ndarray, label: str, col: str, n: int, what: str = "errors"):
+    if bad.any():
+        _fail(f"{label}: column {col} has {int(bad.sum())} negative {what} (min {float(err[bad].min()):g}) "
+              f"of {n} rows; errors must be > 0 (0, -1, -99, -999, -9999 are read as 'no measurement')")
+
+
+def _convert_mag(src: _Source, part: _Part, spec: _BandSpec, ext: np.ndarray | float) -> _Converted:
+    label = src.label
+    if part.err is None:
+        _fail(f"{label}: band {spec.name} has values (column {part.value}) but no error column "
+              f"(looked for mag_err_<band>, magerr_<band>, <column>_err, or 'mag_err' in a column map)")
+    m = src.array(part.value)
+    e = src.array(part.err)
+    n = m.shape[0]
+    reasons: dict[str, np.ndarray] = {}
+    nonfinite = ~np.isfinite(m) | ~np.isfinite(e)
+    sent_v = ~nonfinite & ((m <= MAG_MIN) | (m >= MAG_MAX))
+    sent_e = ~nonfinite & ~sent_v & np.isin(e, ERR_SENTINELS)
+    neg = ~nonfinite & ~sent_v & ~sent_e & (e < 0)
+    _check_negative(e, neg, label, part.err, n)
+    huge = ~nonfinite & ~sent_v & ~sent_e & (e > MAX_MAG_ERR)
+    ok = ~(nonfinite | sent_v | sent_e | huge)
+    reasons["NaN/inf"] = nonfinite
+    _value_masks(m, sent_v, "mag", reasons)
+    _value_masks(e, sent_e, "err", reasons)
+    reasons[f"mag err>{MAX_MAG_ERR:g}"] = huge
+    # in place, to keep temporaries at two arrays per band
+    f = np.where(ok, m, MAG_ZP)
+    del m
+    if spec.ab_offset:
+        f += spec.ab_offset
+    f -= ext
+    f -= MAG_ZP
+    f *= -0.4
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.power(10.0, f, out=f)
+        s = np.where(ok, e, 1.0)
+        del e
+        s *= f
+        s /= _POGSON
+    return _finish(f, s, ok, reasons, f"{part.value} ± {part.err} [AB mag]")
+
+
+def _convert_flux(src: _Source, part: _Part, spec: _BandSpec, ext: np.ndarray | float,
+                  flux_unit: str | None, notes: list[str]) -> _Converted:
+    label = src.label
+    if part.err is None and part.ivar is None:
+        _fail(f"{label}: band {spec.name} has values (column {part.value}) but no error column "
+              f"(looked for flux_err_<band>, fluxerr_<band>, flux_ivar_<band>, <column>_err, or "
+              f"'flux_err'/'flux_ivar' in a column map)")
+    factor, unit_desc = _flux_factor(src, part, spec, flux_unit, notes)
+    f = src.array(part.value)
+    n = f.shape[0]
+    reasons: dict[str, np.ndarray] = {}
+    if part.err is not None:
+        e = src.array(part.err)
+        ecol = part.err
+        nonfinite = ~np.isfinite(f) | ~np.isfinite(e)
+        sent_v = ~nonfinite & (np.isin(f, FLUX_SENTINELS) | (np.abs(f) >= FLUX_ABSURD))
+        sent_e = ~nonfinite & ~sent_v & (np.isin(e, ERR_SENTINELS) | (e >= FLUX_ABSURD))
+        neg = ~nonfinite & ~sent_v & ~sent_e & (e < 0)
+        _check_negative(e, neg, label, ecol, n)
+    else:
+        iv = src.array(part.ivar)
+        ecol = part.ivar
+        nonfinite = ~np.isfinite(f) | np.isnan(iv)
+        sent_v = ~nonfinite & (np.isin(f, FLUX_SENTINELS) | (np.abs(f) >= FLUX_ABSURD))
+        sent_e = ~nonfinite & ~sent_v & ((iv == 0) | np.isinf(iv))
+        neg = ~nonfinite & ~sent_v & ~sent_e & (iv < 0)
+        _check_negative(iv, neg, label, ecol, n, "inverse variances")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            e = 1.0 / np.sqrt(np.where(nonfinite | sent_v | sent_e | neg, 1.0, iv))
+    ok = ~(nonfinite | sent_v | sent_e)
+    reasons["NaN/inf"] = nonfinite
+    _value_masks(f, sent_v, "flux", reasons)
+    if part.err is not None:
+        _value_masks(e, sent_e, "err", reasons)
+    else:
+        reasons["ivar=0/inf"] = sent_e
+    scale = factor * 10.0 ** (0.4 * (ext - spec.ab_offset))
+    with np.errstate(over="ignore", invalid="ignore"):
+        ff = np.where(ok, f, 0.0)
+        del f
+        ff *= scale
+        ss = np.where(ok, e, 1.0)
+        del e
+        ss *= scale
+    return _finish(ff, ss, ok, reasons, f"{part.value} ± {ecol} [{unit_desc}]")
+
+
+def _finish(f, s, ok, reasons, desc) -> _Converted:
+    """Mark rows that overflowed/underflowed in the conversion; NaN (in place) where not ok."""
+    bad = np.isfinite(f)
+    bad &= np.isfinite(s)
+    bad &= s > 0
+    np.logical_not(bad, out=bad)
+    bad &= ok
+    if bad.any():
+        reasons["unrepresentable after conversion"] = bad
+        ok = ok & ~bad
+    notok = ~ok
+    f[notok] = np.nan
+    s[notok] = np.nan
+    return _Converted(f, s, ok, reasons, desc)
+
+
+def _flux_factor(src: _Source, part: _Part, spec: _BandSpec, flux_unit: str | None,
+                 notes: list[str]) -> tuple[float, str]:
+    label = src.label
+    col_unit = src.unit(part.value.split("[")[0]) if _INDEXED.match(part.value) else src.unit(part.value)
+    if col_unit in ("", "None"):
+        col_unit = None
+    explicit = spec.flux_unit if spec.flux_unit is not None else flux_unit
+    if explicit is not None:
+        try:
+            fx = flux_unit_factor(explicit)
+        except ValueError as exc:
+            _fail(f"{label}: flux unit for band {spec.name}: {exc}")
+    if col_unit is not None:
+        try:
+            fc = flux_unit_factor(col_unit)
+        except ValueError as exc:
+            _fail(f"{label}: column {part.value} (band {spec.name}) has unit '{col_unit}': {exc}")
+        if explicit is not None and not math.isclose(fc, fx, rel_tol=1e-6):
+            _fail(f"{label}: column {part.value} has unit '{col_unit}' but the flux unit given is "
+                  f"'{explicit}'; drop one of them")
+        return fc, col_unit
+    if explicit is not None:
+        return fx, str(explicit)
+    notes.append(f"{spec.name}: flux column {part.value} has no unit; nanomaggies assumed (set --flux-unit)")
+    return 1.0, "nanomaggy (assumed)"
+
+
+def _extinction_values(src: _Source, spec: _BandSpec, label: str) -> np.ndarray | float:
+    ext = spec.extinction
+    if ext is None:
+        return 0.0
+    if isinstance(ext, str):
+        a = src.array(ext)
+        bad = ~np.isfinite(a) | (a < 0) | (a > 20)
+        if bad.any():
+            _fail(f"{label}: extinction column {ext} (band {spec.name}) has {int(bad.sum())} values that are "
+                  f"NaN/inf, negative or > 20 mag")
+        return a
+    a = float(ext)
+    if not (0 <= a <= 20):
+        _fail(f"{label}: extinction for band {spec.name} is {a:g} mag; expected 0–20")
+    return a
+
+
+def _check_agreement(src: _Source, spec: _BandSpec, cf: _Converted, cm: _Converted | None,
+                     ext, label: str) -> None:
+    """Flux and magnitude columns of one band must describe the same photometry."""
+    if cm is None:  # magnitudes without errors: convert values only
+        m = src.array(spec.mag.value)
+        okm = np.isfinite(m) & (m > MAG_MIN) & (m < MAG_MAX)
+        with np.errstate(over="ignore", invalid="ignore"):
+            fm = 10.0 ** (-0.4 * (np.where(okm, m, 0.0) + spec.ab_offset - ext - MAG_ZP))
+    else:
+        okm, fm = cm.ok, cm.flux
+    both = cf.ok & okm
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cmp = both & (cf.flux > 5 * cf.err) & (fm > 0)
+        if not cmp.any():
+            return
+        d = -2.5 * np.log10(cf.flux[cmp] / fm[cmp])  # m(flux) − m(column)
+    nbad = int(np.count_nonzero(np.abs(d) > AGREE_TOL_MAG))
+    med = float(np.median(d))
+    if nbad > AGREE_MAX_FRACTION * d.size or abs(med) > AGREE_MEDIAN_MAG:
+        _fail(f"{label}: band {spec.name}: flux column {spec.flux.value} and magnitude column "
+              f"{spec.mag.value} disagree: {nbad} of {d.size} rows (S/N≥5) differ by more than "
+              f"{AGREE_TOL_MAG:g} mag (median m(flux) − mag = {med:+.3f}); check the flux unit or drop one column")
+
+
+def check_bands(catalog: Catalog, available: Sequence[str], what: str = "emulator") -> None:
+    """Refuse catalog bands that ``available`` (e.g. an emulator's bands) does not cover."""
+    avail = list(available)
+    low = {a.lower() for a in avail} | {Path(a).stem.lower() for a in avail}
+    missing = [b for b in catalog.bands if b.lower() not in low]
+    if missing:
+        hints = []
+        for b in missing:
+            same = [a for a in avail if a.split("-")[-1].lower() == b.split("-")[-1].lower()]
+            if same:
+                hints.append(f"{b} → {same[0]}?")
+        _fail(f"{catalog.path or '<catalog>'}: catalog band(s) {', '.join(missing)} not covered by the "
+              f"{what} (it has {_short_list(avail)}); read fewer bands (--bands) or choose another {what}"
+              + (f"; similar: {', '.join(hints)}" if hints else ""))
+
+
+def check_redshift(catalog: Catalog, z_min: float, z_max: float) -> None:
+    """Refuse spectroscopic redshifts outside the model's range [z_min, z_max] (or missing)."""
+    label = catalog.path or "<catalog>"
+    if catalog.z_spec is None:
+        _fail(f"{label}: no z_spec column, but the fit uses observed redshifts (map one with "
+              f"'z_spec:' in a column map)")
+    z = catalog.z_spec
+    nan = ~np.isfinite(z)
+    out = ~nan & ((z < z_min) | (z > z_max))
+    if out.any() or nan.any():
+        parts = []
+        if out.any():
+            parts.append(f"{int(out.sum())} of {z.size} galaxies have z_spec outside the model's range "
+                         f"[{z_min:g}, {z_max:g}] (min {float(np.nanmin(z)):.4g}, max {float(np.nanmax(z)):.4g})")
+        if nan.any():
+            parts.append(f"{int(nan.sum())} of {z.size} have no z_spec")
+        _fail(f"{label}: " + "; ".join(parts) + "; cut the catalog or change the model's z range")
