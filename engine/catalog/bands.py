@@ -51,6 +51,9 @@ def _resolve_band(name: str, label: str, extra: Mapping[str, str] | None = None)
         return canon, canon
     if extra and name.lower() in extra:
         return name, extra[name.lower()]
+    alias = sedpy_aliases().get(name.lower())
+    if alias is not None:
+        return alias, alias
     if name.lower().endswith(".ecsv") or os.sep in name or "/" in name:
         p = Path(name)
         if not p.is_file():
@@ -58,10 +61,60 @@ def _resolve_band(name: str, label: str, extra: Mapping[str, str] | None = None)
         return p.stem, str(p)
     close = difflib.get_close_matches(name.lower(), list(known), n=6, cutoff=0.6)
     same = [c for c in close if c.split("-")[-1] == name.lower().split("-")[-1]]
-    close = (same + [c for c in close if c not in same])[:3]
+    close = (same + [c for c in close if c not in same])[:3] or letter_candidates(name)[:3]
     hint = f"; did you mean {', '.join(repr(known[c]) for c in close)}?" if close else ""
     _fail(f"{label}: unknown band '{name}' (not a speclite filter name nor an ECSV filter file){hint}")
     raise AssertionError  # unreachable
+
+
+#: Filter families tried first when a bare filter letter (``u``, ``r`` …) is to be named.
+_FAMILY_ORDER = ("sdss2010", "lsst2023", "decam2014", "hsc2017", "panstarrs", "cfht_megacam", "bessell",
+                 "twomass", "galex", "wise2010")
+
+
+def letter_candidates(letter: str) -> list[str]:
+    """speclite names whose filter letter (after the last '-') is ``letter`` (any case), the
+    common survey systems first: ``u`` → sdss2010-u, lsst2023-u, decam2014-u …"""
+    known = known_band_names()
+    low = letter.strip().lower()
+    if not low or "-" in low:
+        return []
+    hits = [v for k, v in known.items() if k.split("-")[-1] == low]
+
+    def rank(v: str) -> tuple[int, str]:
+        fam = v.rsplit("-", 1)[0]
+        return (_FAMILY_ORDER.index(fam) if fam in _FAMILY_ORDER else len(_FAMILY_ORDER), v)
+
+    return sorted(hits, key=rank)
+
+
+def filter_letter(band: str) -> str:
+    """The filter letter of a speclite name (``sdss2010-u`` → ``u``, ``twomass-Ks`` → ``Ks``)."""
+    return band.rsplit("-", 1)[-1]
+
+
+#: sedpy filter families (Johnson 2019, ascl:1905.026) → (speclite family, {sedpy suffix: speclite letter}).
+_SEDPY = {
+    "sdss": ("sdss2010", {"u0": "u", "g0": "g", "r0": "r", "i0": "i", "z0": "z"}),
+    "galex": ("galex", {"fuv": "fuv", "nuv": "nuv"}),
+    "twomass": ("twomass", {"j": "J", "h": "H", "ks": "Ks"}),
+    "wise": ("wise2010", {"w1": "W1", "w2": "W2", "w3": "W3", "w4": "W4"}),
+    "decam": ("decam2014", {"u": "u", "g": "g", "r": "r", "i": "i", "z": "z", "y": "Y"}),
+    "bessell": ("bessell", {"u": "U", "b": "B", "v": "V", "r": "R", "i": "I"}),
+    "hsc": ("hsc2017", {"g": "g", "r": "r", "i": "i", "z": "z", "y": "y"}),
+}
+
+
+def sedpy_aliases() -> dict[str, str]:
+    """sedpy filter names, lower-cased (``sdss_r0``, ``galex_nuv``, ``twomass_ks`` …) → speclite names."""
+    known = known_band_names()
+    out = {}
+    for fam, (sfam, letters) in _SEDPY.items():
+        for suffix, letter in letters.items():
+            canon = known.get(f"{sfam}-{letter}".lower())
+            if canon is not None:
+                out[f"{fam}_{suffix}"] = canon
+    return out
 
 
 def _parse_bands(bands, label: str, extra: dict[str, str]) -> list[tuple[str, str]] | None:
@@ -113,3 +166,4 @@ class _BandSpec:
     flux_unit: str | None = None  # from map (band or top level)
     extinction: Any = None  # float or column ref
     ab_offset: float = 0.0
+    zero_point: float | None = None  # AB magnitude of a flux of 1 in the column's units (counts/s …)

@@ -15,7 +15,8 @@ from engine.catalog.messages import _fail, _is_number, _one_line, _short_list
 from engine.catalog.sources import _Source
 
 _MAP_TOP_KEYS = {"bands", "z_spec", "flux_unit", "table"}
-_MAP_BAND_KEYS = {"mag", "mag_err", "flux", "flux_err", "flux_ivar", "flux_unit", "extinction", "ab_offset"}
+_MAP_BAND_KEYS = {"mag", "mag_err", "flux", "flux_err", "flux_ivar", "flux_unit", "extinction", "ab_offset",
+                  "zero_point"}
 
 
 def _yaml_no_dups():
@@ -95,11 +96,24 @@ def load_column_map(columns: str | Path | Mapping[str, Any]) -> tuple[dict[str, 
                     _fail(f"{label}: band '{b}': '{k}' must be a column name, got {spec[k]!r}")
             if "ab_offset" in spec and not _is_number(spec["ab_offset"]):
                 _fail(f"{label}: band '{b}': ab_offset must be a number of magnitudes, got {spec['ab_offset']!r}")
+            _check_zero_point(label, b, spec)
             if "extinction" in spec and not (isinstance(spec["extinction"], str) or _is_number(spec["extinction"])):
                 _fail(f"{label}: band '{b}': extinction must be a number or a column name")
     if "z_spec" in cmap and cmap["z_spec"] is not None and not isinstance(cmap["z_spec"], str):
         _fail(f"{label}: z_spec must be a column name or null, got {cmap['z_spec']!r}")
     return cmap, label
+
+
+def _check_zero_point(label: str, band: str, spec: Mapping[str, Any]) -> None:
+    """A band's ``zero_point`` is a number, for a flux column, and excludes ``flux_unit``."""
+    if "zero_point" not in spec:
+        return
+    if not _is_number(spec["zero_point"]):
+        _fail(f"{label}: band '{band}': zero_point must be the AB magnitude of a flux of 1, got {spec['zero_point']!r}")
+    if "flux" not in spec:
+        _fail(f"{label}: band '{band}': zero_point applies to a 'flux' column, and the band has none")
+    if "flux_unit" in spec:
+        _fail(f"{label}: band '{band}' has both flux_unit and zero_point; give one of them")
 
 
 def _specs_from_map(src: _Source, label: str, cmap: dict, maplabel: str,
@@ -147,6 +161,9 @@ def _specs_from_map(src: _Source, label: str, cmap: dict, maplabel: str,
                 ext = hit
             spec.extinction = ext
         spec.ab_offset = float(entry.get("ab_offset", 0.0))
+        if "zero_point" in entry:
+            spec.zero_point = float(entry["zero_point"])
+            spec.flux_unit = entry.get("flux_unit")
         specs[band] = spec
     if wanted is None:
         return list(specs.values())

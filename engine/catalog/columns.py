@@ -17,8 +17,17 @@ from engine.catalog.bands import (
     _Part,
     _same_filter_letter,
     known_band_names,
+    sedpy_aliases,
 )
 from engine.catalog.colmap import _specs_from_map
+from engine.catalog.conventions import (
+    bands_hint,
+    cas_columns_to_skip,
+    classify_cas,
+    letter_columns,
+    merge_found,
+    vector_columns,
+)
 from engine.catalog.messages import _fail, _short_list
 from engine.catalog.sources import _Source
 from engine.catalog.units import _is_flux_unit
@@ -39,6 +48,9 @@ _CONVENTION = (  # (prefix, kind, role) – longest prefixes first
 def _classify(low: str, lookup: Mapping[str, str]) -> tuple[str, str, str] | None | bool:
     """(band_low, kind, role) for a lower-cased column name; False if it looks like photometry of
     an unknown band (``mag_u``); None otherwise.  Bare band names are returned with kind "?"."""
+    cas = classify_cas(low)
+    if cas is not None:
+        return cas[:3]
     for prefix, kind, role in _CONVENTION:
         if low.startswith(prefix):
             rest = low[len(prefix):]
@@ -54,12 +66,15 @@ def _classify(low: str, lookup: Mapping[str, str]) -> tuple[str, str, str] | Non
     return None
 
 
-def _discover(src: _Source, lookup: Mapping[str, str]) -> tuple[dict[str, dict[tuple[str, str], list[str]]], list[str], list[str]]:
+def _discover(src: _Source, lookup: Mapping[str, str],
+              skip: set[str] = frozenset()) -> tuple[dict[str, dict[tuple[str, str], list[str]]], list[str], list[str]]:
     """Convention matching: band → {(kind, role): [columns]}, band order, ignored columns."""
     found: dict[str, dict[tuple[str, str], list[str]]] = {}
     order: list[str] = []
     ignored: list[str] = []
     for col in src.names:
+        if col in skip:
+            continue
         c = _classify(col.lower(), lookup)
         if c is False:
             ignored.append(col)
@@ -100,9 +115,10 @@ def _specs_from_convention(src: _Source, label: str, wanted: list[tuple[str, str
                            extra: Mapping[str, str]) -> tuple[list[_BandSpec], list[str]]:
     """Band specs found by the naming conventions (``wanted``: the bands asked for, or None for every
     band found) and the notes for the report."""
-    lookup = {**known_band_names(), **{k: Path(v).stem for k, v in extra.items()}}
-    found, order, ignored = _discover(src, lookup)
-    notes: list[str] = []
+    lookup = {**known_band_names(), **sedpy_aliases(), **{k: Path(v).stem for k, v in extra.items()}}
+    skip, cas_note = cas_columns_to_skip(src.names)
+    found, order, ignored = _discover(src, lookup, skip)
+    notes: list[str] = [cas_note] if cas_note else []
     # raw duplicate names in the file (CSV header, Parquet schema)
     for d in src.dup_names:
         c = _classify(d.lower(), lookup)
@@ -113,14 +129,29 @@ def _specs_from_convention(src: _Source, label: str, wanted: list[tuple[str, str
             _fail_no_bands(src, label, ignored)
         selected = [(b, extra.get(b.lower(), b)) for b in order]
     else:
+        found = _find_wanted_elsewhere(src, label, found, [b for b, _ in wanted], notes)
         missing = [b for b, _ in wanted if b not in found]
         if missing:
             _fail_missing_bands(src, label, missing, order)
         selected = list(wanted)
+    used = {c for b, _ in selected for cols in found[b].values() for c in cols}
+    ignored = [c for c in ignored if c not in used]
     if ignored:
         notes.append(f"ignored columns {_short_list(ignored, 6)}: not speclite band names (use a column map)")
     specs = [_spec_from_roles(label, band, filt, found[band], notes) for band, filt in selected]
     return specs, notes
+
+
+def _find_wanted_elsewhere(src: _Source, label: str, found: dict, wanted: list[str], notes: list[str]) -> dict:
+    """Bands asked for that the conventions did not find: by their filter letter, else (when none
+    was found at all) from the elements of a vector column."""
+    missing = [b for b in wanted if b not in found]
+    if not missing:
+        return found
+    found = merge_found(found, letter_columns(src, missing, wanted, notes))
+    if all(b not in found for b in wanted):
+        return merge_found(found, vector_columns(src, label, wanted, notes) or {})
+    return found
 
 
 def _fail_no_bands(src: _Source, label: str, ignored: Sequence[str]) -> NoReturn:
@@ -132,7 +163,8 @@ def _fail_no_bands(src: _Source, label: str, ignored: Sequence[str]) -> NoReturn
         v, e = pairs[0].split("/")
         key = "flux" if "flux" in v.lower() else "mag"
         hint = (f"; columns {_short_list(pairs, 5)} look like photometry: map them to speclite bands "
-                f"with a column map (--columns), e.g. bands: {{<band>: {{{key}: {v}, {key}_err: {e}}}}}")
+                f"with a column map (--columns), e.g. bands: {{<band>: {{{key}: {v}, {key}_err: {e}}}}}"
+                + bands_hint(pairs))
     elif ignored:
         hint = (f"; columns {_short_list(ignored, 5)} look like photometry but their band names "
                 f"are not speclite filters: map them with a column map (--columns)")

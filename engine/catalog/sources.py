@@ -27,6 +27,10 @@ class _Source:
     def raw(self, name: str) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def width(self, name: str) -> int:
+        """Length of the vectors of a vector column (``MAGGIES[8]`` → 8); 0 for a scalar column."""
+        return 0
+
     def close(self) -> None:
         pass
 
@@ -122,6 +126,10 @@ class _TableSource(_Source):
     def raw(self, name):
         return self.t[name]
 
+    def width(self, name):
+        shape = getattr(self.t[name], "shape", ())
+        return int(shape[1]) if len(shape) == 2 else 0
+
 
 class _H5GroupSource(_Source):
     def __init__(self, h5file, group, label: str):
@@ -143,6 +151,10 @@ class _H5GroupSource(_Source):
 
     def raw(self, name):
         return self.g[name][()]
+
+    def width(self, name):
+        shape = self.g[name].shape
+        return int(shape[1]) if len(shape) == 2 else 0
 
     def close(self):
         self.f.close()
@@ -182,6 +194,12 @@ class _ParquetSource(_Source):
 
     def unit(self, name):
         return self._units.get(name)
+
+    def width(self, name):
+        import pyarrow as pa
+
+        typ = self._types[name]
+        return int(typ.list_size) if pa.types.is_fixed_size_list(typ) else 0
 
     def raw(self, name):
         import pyarrow as pa

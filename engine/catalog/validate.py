@@ -16,7 +16,7 @@ from engine.catalog.bands import _BandSpec, _Part
 from engine.catalog.messages import _fail, _short_list
 from engine.catalog.model import Catalog
 from engine.catalog.sources import _INDEXED, _Source
-from engine.catalog.units import _POGSON, MAG_ZP, flux_unit_factor
+from engine.catalog.units import _POGSON, MAG_ZP, _is_flux_unit, flux_unit_factor
 
 #: Magnitude errors above this (S/N < 0.22) are read as "no measurement".
 MAX_MAG_ERR = 5.0
@@ -171,12 +171,21 @@ def _finish(f, s, ok, reasons, desc) -> _Converted:
     return _Converted(f, s, ok, reasons, desc)
 
 
+def _column_unit(src: _Source, ref: str) -> str | None:
+    """The unit of a column (of the vector column of ``NAME[k]``); None when it has none."""
+    col_unit = src.unit(ref.split("[")[0]) if _INDEXED.match(ref) else src.unit(ref)
+    return None if col_unit in ("", "None") else col_unit
+
+
 def _flux_factor(src: _Source, part: _Part, spec: _BandSpec, flux_unit: str | None,
                  notes: list[str]) -> tuple[float, str]:
     label = src.label
-    col_unit = src.unit(part.value.split("[")[0]) if _INDEXED.match(part.value) else src.unit(part.value)
-    if col_unit in ("", "None"):
-        col_unit = None
+    col_unit = _column_unit(src, part.value)
+    if spec.zero_point is not None:
+        if col_unit is not None and _is_flux_unit(col_unit):
+            _fail(f"{label}: column {part.value} has unit '{col_unit}' but band {spec.name} has a zero_point; "
+                  f"drop one of them")
+        return 10.0 ** (0.4 * (MAG_ZP - spec.zero_point)), f"AB zero point {spec.zero_point:g}"
     explicit = spec.flux_unit if spec.flux_unit is not None else flux_unit
     if explicit is not None:
         try:
