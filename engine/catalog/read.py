@@ -36,7 +36,8 @@ def read_catalog(path, *, bands: str | Sequence[str] | None = None,
     columns : path or dict, optional
         Column map (see docs/catalogs.md, "Column maps").
     flux_unit : str, optional
-        Unit of flux columns that carry none (``nanomaggy``, ``maggy``, ``uJy``, ``Jy`` …).
+        Unit of flux columns that carry none (``nanomaggy``, ``maggy``, ``uJy``, ``Jy`` …); a flux
+        column without a unit from its file, the column map or this argument is refused.
     extinction : dict, optional
         Galactic extinction per band: magnitudes (float) or the name of a per-row column.
     min_rows : int

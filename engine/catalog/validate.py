@@ -27,6 +27,17 @@ FLUX_SENTINELS = (-99.0, -999.0, -9999.0)
 FLUX_ABSURD = 1e20
 #: Exact error values meaning "no measurement" (0 and these); other negative errors are refused.
 ERR_SENTINELS = (0.0, -1.0, -99.0, -999.0, -9999.0)
+#: A flux column holds magnitudes when ≥ MAGLIKE_FRACTION of its measured values lie in MAGLIKE_RANGE
+#: and none is ≤ 0, its 99th percentile is < MAGLIKE_SPAN × its 1st, and its errors grow with the
+#: value with a log-log slope > MAGLIKE_ERR_SLOPE or have a median relative error < MAGLIKE_REL_ERR.
+MAGLIKE_RANGE = (5.0, 40.0)
+MAGLIKE_FRACTION = 0.995
+MAGLIKE_SPAN = 3.0
+MAGLIKE_ERR_SLOPE = 3.0
+MAGLIKE_REL_ERR = 0.02
+#: The median positive flux of a column must imply an AB magnitude in this range (the brightest
+#: galaxies on the sky are around m_AB = 0; the faintest measured ones around 31).
+FLUX_MEDIAN_MAG_RANGE = (0.0, 40.0)
 #: z_spec values meaning "no redshift".
 Z_SENTINELS = (-99.0, -999.0, -9999.0)
 #: Fraction of rows a band must keep after removing non-measurements.
@@ -115,35 +126,17 @@ def _convert_flux(src: _Source, part: _Part, spec: _BandSpec, ext: np.ndarray | 
         _fail(f"{label}: band {spec.name} has values (column {part.value}) but no error column "
               f"(looked for flux_err_<band>, fluxerr_<band>, flux_ivar_<band>, <column>_err, or "
               f"'flux_err'/'flux_ivar' in a column map)")
-    factor, unit_desc = _flux_factor(src, part, spec, flux_unit, notes)
     f = src.array(part.value)
-    n = f.shape[0]
-    reasons: dict[str, np.ndarray] = {}
-    if part.err is not None:
-        e = src.array(part.err)
-        ecol = part.err
-        nonfinite = ~np.isfinite(f) | ~np.isfinite(e)
-        sent_v = ~nonfinite & (np.isin(f, FLUX_SENTINELS) | (np.abs(f) >= FLUX_ABSURD))
-        sent_e = ~nonfinite & ~sent_v & (np.isin(e, ERR_SENTINELS) | (e >= FLUX_ABSURD))
-        neg = ~nonfinite & ~sent_v & ~sent_e & (e < 0)
-        _check_negative(e, neg, label, ecol, n)
-    else:
-        iv = src.array(part.ivar)
-        ecol = part.ivar
-        nonfinite = ~np.isfinite(f) | np.isnan(iv)
-        sent_v = ~nonfinite & (np.isin(f, FLUX_SENTINELS) | (np.abs(f) >= FLUX_ABSURD))
-        sent_e = ~nonfinite & ~sent_v & ((iv == 0) | np.isinf(iv))
-        neg = ~nonfinite & ~sent_v & ~sent_e & (iv < 0)
-        _check_negative(iv, neg, label, ecol, n, "inverse variances")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            e = 1.0 / np.sqrt(np.where(nonfinite | sent_v | sent_e | neg, 1.0, iv))
+    e, ecol, nonfinite, sent_v, sent_e = _flux_error_masks(src, part, f)
+    factor, unit_desc = _flux_factor(src, part, spec, flux_unit, notes)
     ok = ~(nonfinite | sent_v | sent_e)
-    reasons["NaN/inf"] = nonfinite
+    reasons: dict[str, np.ndarray] = {"NaN/inf": nonfinite}
     _value_masks(f, sent_v, "flux", reasons)
     if part.err is not None:
         _value_masks(e, sent_e, "err", reasons)
     else:
         reasons["ivar=0/inf"] = sent_e
+    _check_flux_values(f[ok], e[ok], factor, f"{label}: flux column {part.value} (band {spec.name}) in {unit_desc}")
     scale = factor * 10.0 ** (0.4 * (ext - spec.ab_offset))
     with np.errstate(over="ignore", invalid="ignore"):
         ff = np.where(ok, f, 0.0)
@@ -153,6 +146,76 @@ def _convert_flux(src: _Source, part: _Part, spec: _BandSpec, ext: np.ndarray | 
         del e
         ss *= scale
     return _finish(ff, ss, ok, reasons, f"{part.value} ± {ecol} [{unit_desc}]")
+
+
+def _flux_error_masks(src: _Source, part: _Part, f: np.ndarray):
+    """``(err, error column, non-finite, value sentinel, error sentinel)`` of a flux column, from its
+    errors or inverse variances; negative errors are refused."""
+    n = f.shape[0]
+
+    def sent_v_of(nonfinite: np.ndarray) -> np.ndarray:
+        return ~nonfinite & (np.isin(f, FLUX_SENTINELS) | (np.abs(f) >= FLUX_ABSURD))
+
+    if part.err is not None:
+        e = src.array(part.err)
+        nonfinite = ~np.isfinite(f) | ~np.isfinite(e)
+        sent_v = sent_v_of(nonfinite)
+        sent_e = ~nonfinite & ~sent_v & (np.isin(e, ERR_SENTINELS) | (e >= FLUX_ABSURD))
+        _check_negative(e, ~nonfinite & ~sent_v & ~sent_e & (e < 0), src.label, part.err, n)
+        return e, part.err, nonfinite, sent_v, sent_e
+    iv = src.array(part.ivar)
+    nonfinite = ~np.isfinite(f) | np.isnan(iv)
+    sent_v = sent_v_of(nonfinite)
+    sent_e = ~nonfinite & ~sent_v & ((iv == 0) | np.isinf(iv))
+    neg = ~nonfinite & ~sent_v & ~sent_e & (iv < 0)
+    _check_negative(iv, neg, src.label, part.ivar, n, "inverse variances")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = 1.0 / np.sqrt(np.where(nonfinite | sent_v | sent_e | neg, 1.0, iv))
+    return e, part.ivar, nonfinite, sent_v, sent_e
+
+
+def _looks_like_magnitudes(v: np.ndarray, s: np.ndarray) -> bool:
+    """Measured values and errors of a flux column that are those of magnitudes: all positive and in
+    MAGLIKE_RANGE, a narrow spread, and errors that are tiny or grow steeply with the value (a
+    magnitude error grows ~10^(0.4 m) towards faint sources; a flux error grows at most ∝ f)."""
+    lo, hi = MAGLIKE_RANGE
+    if v.min() <= 0 or np.mean((v >= lo) & (v <= hi)) < MAGLIKE_FRACTION:
+        return False
+    p1, p99 = np.percentile(v, [1, 99])
+    if p99 > MAGLIKE_SPAN * p1:
+        return False
+    lv, ls = np.log(v), np.log(s)
+    var = float(np.var(lv))
+    slope = float(np.mean((lv - lv.mean()) * (ls - ls.mean())) / var) if var > 0 else 0.0
+    return slope > MAGLIKE_ERR_SLOPE or float(np.median(s / v)) < MAGLIKE_REL_ERR
+
+
+_GUESS_UNITS = (("nanomaggy", 1.0), ("maggy", 1e9), ("uJy", 1 / 3.631), ("nJy", 1e-3 / 3.631),
+                ("mJy", 1e3 / 3.631), ("Jy", 1e6 / 3.631))
+
+
+def _check_flux_values(v: np.ndarray, s: np.ndarray, factor: float, what: str) -> None:
+    """Refuse measured fluxes (``v`` ± ``s``, in the column's unit, ``factor`` to nanomaggies) whose
+    distribution is not that of galaxy fluxes in that unit, saying what it looks like instead."""
+    if v.size < 20:
+        return
+    if _looks_like_magnitudes(v, s):
+        _fail(f"{what} looks like AB magnitudes, not fluxes: its {v.size} measured values lie in "
+              f"{float(v.min()):.3g}–{float(v.max()):.3g} with errors of {float(np.median(s)):.2g} (median); "
+              f"read it as magnitudes (mag_<band> or 'mag:' in a column map)")
+    pos = v[v > 0]
+    if pos.size < 20:
+        return
+    med = float(np.median(pos))
+    m = MAG_ZP - 2.5 * math.log10(med * factor)
+    lo, hi = FLUX_MEDIAN_MAG_RANGE
+    if lo <= m <= hi:
+        return
+    guess = [(abs(MAG_ZP - 2.5 * math.log10(med * fx) - 20.0), u) for u, fx in _GUESS_UNITS]
+    d, unit = min(guess)
+    hint = f"looks like fluxes in {unit}" if d < 6 else "check the flux unit"
+    _fail(f"{what} gives a median AB magnitude of {m:.1f}, {'brighter' if m < lo else 'fainter'} than any "
+          f"galaxy catalog's; {hint} (set --flux-unit or 'flux_unit:' in a column map)")
 
 
 def _finish(f, s, ok, reasons, desc) -> _Converted:
@@ -203,8 +266,8 @@ def _flux_factor(src: _Source, part: _Part, spec: _BandSpec, flux_unit: str | No
         return fc, col_unit
     if explicit is not None:
         return fx, str(explicit)
-    notes.append(f"{spec.name}: flux column {part.value} has no unit; nanomaggies assumed (set --flux-unit)")
-    return 1.0, "nanomaggy (assumed)"
+    _fail(f"{label}: flux column {part.value} (band {spec.name}) has no unit; give it with --flux-unit "
+          f"(flux_unit=, or 'flux_unit:'/'zero_point:' in a column map): nanomaggy, maggy, uJy, Jy …")
 
 
 def _extinction_values(src: _Source, spec: _BandSpec, label: str) -> np.ndarray | float:
