@@ -10,6 +10,7 @@ ones above it:
 - :mod:`~engine.catalog.bands` -- band names (speclite or ECSV filter files), per-band column specs;
 - :mod:`~engine.catalog.sources` -- uniform column access over tables, HDF5 groups, Parquet;
 - :mod:`~engine.catalog.colmap` -- column maps (:func:`load_column_map`);
+- :mod:`~engine.catalog.conventions` -- survey names: SDSS CAS, filter letters, vector columns;
 - :mod:`~engine.catalog.columns` -- column conventions (finding band and z_spec columns);
 - :mod:`~engine.catalog.validate` -- sentinels, refusals, per-band conversion, model checks;
 - :mod:`~engine.catalog.assemble` -- bands into (N, B) arrays, whole-catalog refusals;
