@@ -186,7 +186,7 @@ def _looks_like_magnitudes(v: np.ndarray, s: np.ndarray) -> bool:
         return False
     lv, ls = np.log(v), np.log(s)
     var = float(np.var(lv))
-    slope = float(np.mean((lv - lv.mean()) * (ls - ls.mean())) / var) if var > 0 else 0.0
+    slope = float(np.mean((lv - lv.mean()) * (ls - ls.mean())) / var) if var > 1e-6 else 0.0
     return slope > MAGLIKE_ERR_SLOPE or float(np.median(s / v)) < MAGLIKE_REL_ERR
 
 
@@ -207,11 +207,13 @@ def _check_flux_values(v: np.ndarray, s: np.ndarray, factor: float, what: str) -
     if pos.size < 20:
         return
     med = float(np.median(pos))
-    m = MAG_ZP - 2.5 * math.log10(med * factor)
+    if not (math.isfinite(med) and med > 0):
+        return
+    m = MAG_ZP - 2.5 * (math.log10(med) + math.log10(factor))  # in logs: med × factor may underflow
     lo, hi = FLUX_MEDIAN_MAG_RANGE
     if lo <= m <= hi:
         return
-    guess = [(abs(MAG_ZP - 2.5 * math.log10(med * fx) - 20.0), u) for u, fx in _GUESS_UNITS]
+    guess = [(abs(MAG_ZP - 2.5 * (math.log10(med) + math.log10(fx)) - 20.0), u) for u, fx in _GUESS_UNITS]
     d, unit = min(guess)
     hint = f"looks like fluxes in {unit}" if d < 6 else "check the flux unit"
     _fail(f"{what} gives a median AB magnitude of {m:.1f}, {'brighter' if m < lo else 'fainter'} than any "
