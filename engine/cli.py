@@ -17,7 +17,7 @@ from engine.errors import PopsedError
 
 #: Modules that contribute sub-commands (each defines ``add_subparser``).
 COMMAND_MODULES: tuple[str, ...] = (
-    "engine.catalog",
+    "engine.catalog.cli",
     "engine.mock",
     "engine.emulator.cli",
     "engine.population.cli",

@@ -196,10 +196,11 @@ def test_flux_units_from_column_and_argument(tmp_path):
     # maggies through the column map's flux_unit
     cat = read_catalog(_flux_table(values=(1e-9, 1e-8)), columns={"flux_unit": "maggy"})
     np.testing.assert_allclose(cat.flux[:2, 0], [1.0, 10.0], rtol=1e-12)
-    # no unit at all: nanomaggies assumed, with a note
-    cat = read_catalog(_flux_table(values=(1.0, 2.0)))
+    # no unit at all: refused (no unit is assumed); an explicit nanomaggy reads the values as they are
+    raises_one_line(r"flux column flux_sdss2010-r \(band sdss2010-r\) has no unit; give it with --flux-unit",
+                    read_catalog, _flux_table(values=(1.0, 2.0)))
+    cat = read_catalog(_flux_table(values=(1.0, 2.0)), flux_unit="nanomaggy")
     np.testing.assert_allclose(cat.flux[:2, 0], [1.0, 2.0])
-    assert any("nanomaggies assumed" in r for r in cat.report)
     # astropy's own (dimensionless) nanomaggy in a column
     cat = read_catalog(_flux_table(unit="nanomaggy", values=(5.0, 6.0)))
     np.testing.assert_allclose(cat.flux[:2, 0], [5.0, 6.0])
@@ -681,7 +682,7 @@ def test_error_flux_and_magnitude_disagree(tmp_path):
     for b in BANDS:
         for c in (f"flux_{b}", f"flux_err_{b}"):
             t[c].unit = None
-            t[c] *= 3.631  # really uJy, read as nanomaggies
+            t[c] *= 3.631  # really uJy, said to be nanomaggies
     p = write(t, tmp_path / "mix.ecsv")
     raises_one_line(
         r"mix\.ecsv: band sdss2010-u: flux column flux_sdss2010-u and magnitude column mag_sdss2010-u "
@@ -689,6 +690,7 @@ def test_error_flux_and_magnitude_disagree(tmp_path):
         r"-1\.400\)",
         read_catalog,
         p,
+        flux_unit="nanomaggy",
     )
     # the right unit makes them agree
     assert read_catalog(p, flux_unit="uJy").bands == BANDS
