@@ -15,30 +15,58 @@ from typing import Sequence
 
 from engine.errors import PopsedError
 
-#: Modules that contribute sub-commands (each defines ``add_subparser``).
-COMMAND_MODULES: tuple[str, ...] = (
-    "engine.catalog.cli",
-    "engine.mock",
-    "engine.emulator.cli",
-    "engine.population.cli",
-    "popsed_viz.serve",
-)
+#: Sub-commands: name -> (module that registers it with ``add_subparser``, one-line help).  The help is
+#: shown by ``popsed --help`` without importing the module (torch, astropy and panel take seconds to
+#: import); a test checks that it equals the module's own.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "catalog": ("engine.catalog.cli", "check a photometric catalog and summarise its bands"),
+    "mock": ("engine.mock", "make a magnitude-limited mock catalog with known truth"),
+    "emulator": ("engine.emulator.cli", "train, check or inspect a neural SED emulator"),
+    "fit": ("engine.population.cli",
+            "fit the population behind a catalog (flow ensemble) into a run directory"),
+    "summary": ("engine.population.cli", "summarise a run directory"),
+    "serve": ("popsed_viz.serve", "serve the dashboard (panel) on 127.0.0.1"),
+}
+
+#: Modules that contribute sub-commands, in the order of :data:`COMMANDS`.
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every registered sub-command."""
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (the first argument that is not an option), or ``None``."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser.
+
+    Only the module of the command named in ``argv`` is imported and registers its full sub-parser; the
+    others are listed with their one-line help.  ``argv=None`` registers every command in full."""
     from engine import __version__
 
     parser = argparse.ArgumentParser(
         prog="popsed",
         description="Population-level SED inference: learn the galaxy population behind a photometric "
-                    "catalog.",
+        "catalog.",
     )
     parser.add_argument("--version", action="version", version=f"popsed {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_subparser(sub)
+    if argv is None:
+        modules = COMMAND_MODULES
+    else:
+        name = requested_command(argv)
+        modules = (COMMANDS[name][0],) if name else ()
+    for module in modules:
+        importlib.import_module(module).add_subparser(sub)
+    for name, (_, help_text) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_text, add_help=False)
+    # list the commands in the table's order whatever was registered first
+    sub._choices_actions.sort(key=lambda action: list(COMMANDS).index(action.dest))
     return parser
 
 
@@ -47,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         status = args.func(args)
