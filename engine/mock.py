@@ -334,6 +334,8 @@ def make_mock(n: int, seed: int, bands: Sequence[str], mag_limits: dict[str, flo
             cat[f"mag_{b}"] = m.astype(np.float32)
             cat[f"mag_err_{b}"] = np.where(f > 0, 2.5 / math.log(10) * e / f, np.nan).astype(np.float32)
     cat["z_spec"] = theta[:, 0].astype(np.float32)
+    # the survey's selection travels with the catalog: `popsed fit` applies it when given none
+    cat.meta["selection"] = ",".join(f"{b}<{v:g}" for b, v in mag_limits.items())
     for i, name in enumerate(model.param_names):
         truth[name] = theta[:, i].astype(np.float32)
     for k, v in derived.items():

@@ -35,6 +35,8 @@ class Catalog:
     row_index : ndarray or None
         Row numbers (0-based) in the source of the rows kept (rows without any measurement are
         dropped).
+    meta : dict
+        The file's table metadata with plain values (e.g. ``selection``, which ``popsed mock`` writes).
     """
 
     path: str | None
@@ -46,6 +48,7 @@ class Catalog:
     report: tuple[str, ...]
     filters: tuple[str, ...] = ()
     row_index: np.ndarray | None = field(default=None, repr=False)
+    meta: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return int(self.flux.shape[0])

@@ -70,13 +70,14 @@ def read_catalog(path, *, bands: str | Sequence[str] | None = None,
         cols = _resolve_columns(src, label, cmap, maplabel, bands)
         flux, err, z, report, row_index = _assemble(src, cols, flux_unit=flux_unit, extinction=extinction,
                                                     min_rows=min_rows, min_fraction=min_fraction)
+        meta = src.meta()
     finally:
         src.close()
     bands_t = tuple(s.name for s in cols.specs)
     if sha is None:
         sha = _hash_arrays(flux, err, z, extra=",".join(bands_t))
     return Catalog(path=spath, bands=bands_t, flux=flux, flux_err=err, z_spec=z, sha256=sha,
-                   report=report, filters=tuple(s.filter for s in cols.specs), row_index=row_index)
+                   report=report, filters=tuple(s.filter for s in cols.specs), row_index=row_index, meta=meta)
 
 
 def _check_map_flux_unit(cmap: Mapping[str, Any], maplabel: str, flux_unit: str | None) -> None:

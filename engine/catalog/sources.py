@@ -31,6 +31,10 @@ class _Source:
         """Length of the vectors of a vector column (``MAGGIES[8]`` → 8); 0 for a scalar column."""
         return 0
 
+    def meta(self) -> dict[str, Any]:
+        """The table's metadata with plain (JSON-able) values, e.g. the ``selection`` of a mock."""
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -129,6 +133,11 @@ class _TableSource(_Source):
     def width(self, name):
         shape = getattr(self.t[name], "shape", ())
         return int(shape[1]) if len(shape) == 2 else 0
+
+    def meta(self):
+        plain = (str, int, float, bool)
+        return {str(k): v for k, v in getattr(self.t, "meta", {}).items()
+                if isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain) for x in v))}
 
 
 class _H5GroupSource(_Source):
