@@ -10,6 +10,7 @@ sample catalog or an uploaded one.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from popsed_viz.photometry import PhotometryView
 from popsed_viz.population import PopulationView
 from popsed_viz.reader import RunReader
 
-__all__ = ["Dashboard", "discover_runs", "drop_remote_fonts"]
+__all__ = ["Dashboard", "discover_runs", "drop_remote_fonts", "serve_session", "serve_page", "on_server_loaded",
+           "warm_up"]
 
 
 CATALOG_SUFFIXES = (".ecsv", ".csv", ".fits", ".fit", ".parquet", ".pq", ".h5", ".hdf5")
@@ -345,6 +347,23 @@ def serve_session(run=None) -> pn.template.FastListTemplate:
     if doc is not None and doc.session_context is not None:  # served: per-session clean-up
         doc.on_session_destroyed(lambda ctx: dash.close())
     return dash.template()
+
+
+def serve_page(argv: list[str] | None = None) -> None:
+    """Body of the served directory app (``main.py``): mark this session's page servable.
+
+    The run shown first is ``argv[1]`` (``panel serve ... --args RUN``), else ``$POPSED_RUN``, else the
+    bundled sample run.
+    """
+    argv = sys.argv if argv is None else argv
+    pn.extension(notifications=False)
+    run = argv[1] if len(argv) > 1 else os.environ.get("POPSED_RUN") or None
+    serve_session(run).servable(title="popsed")
+
+
+def on_server_loaded(server_context) -> None:
+    """Bokeh lifecycle hook (``server_lifecycle.py``): warm up once when the server starts."""
+    warm_up()
 
 
 def warm_up(run=None) -> float:

@@ -17,21 +17,19 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from popsed_viz.paths import (
+    REPO_ROOT,
+    SOURCE_CHECKOUT,
+    pythonpath_with_checkout,
+    sample_catalog,
+    sample_run_dir,
+)
+
 __all__ = ["FitJob", "REPO_ROOT", "default_runs_dir", "sample_run_dir", "sample_catalog", "safe_filename",
            "fit_command", "new_run_dir"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 #: Default settings of a fit started from the dashboard (small: it is a demo / check).
 DEFAULT_FIT = {"steps": 300, "members": 2, "batch": 1024}
-
-
-def sample_run_dir() -> Path:
-    return Path(os.environ.get("POPSED_SAMPLE_RUN", REPO_ROOT / "sample_data" / "run_sdss"))
-
-
-def sample_catalog() -> Path:
-    return Path(os.environ.get("POPSED_SAMPLE_CATALOG", REPO_ROOT / "sample_data" / "mock_sdss" / "catalog.ecsv"))
 
 
 def default_runs_dir() -> Path:
@@ -89,12 +87,12 @@ class FitJob:
     def start(self) -> "FitJob":
         self.out.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONPATH"] = pythonpath_with_checkout(env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=str(REPO_ROOT), env=env, start_new_session=True)
+                                         cwd=str(REPO_ROOT) if SOURCE_CHECKOUT else None, env=env, start_new_session=True)
         finally:
             log.close()
         self.started = time.time()
