@@ -206,19 +206,22 @@ class TrainingMonitor(RunView):
                        hv.opts.Curve(tools=["hover"]))
 
     @staticmethod
-    def _schedule(data: pd.DataFrame, col: str, label: str):
+    def _schedule(data: pd.DataFrame, col: str, label: str, logy: bool = False):
         xd, yd = hv.Dimension("step"), hv.Dimension(col, label=label)
         if data is not None and len(data):
             g = data[data["member"] == data["member"].min()]
-            g = g[np.isfinite(g[col])]
+            g = g[np.isfinite(g[col]) & ((g[col] > 0) if logy else True)]
             if len(g):
-                return hv.Curve((g["step"].to_numpy(), g[col].to_numpy()), xd, yd).opts(title=label,
-                                                                                       ylim=(None, None))
+                y = g[col].to_numpy()
+                # a log axis gets an explicit positive range: a flat or one-point curve would otherwise be
+                # padded below zero (and HoloViews warns about the log axis)
+                ylim = (float(y.min()) / 1.5, float(y.max()) * 1.5) if logy else (None, None)
+                return hv.Curve((g["step"].to_numpy(), y), xd, yd).opts(title=label, ylim=ylim)
         title = f"{label} (not used by this loss)" if col == "blur" and data is not None and len(data) else label
-        return hv.Curve([], xd, yd).opts(ylim=(1e-6, 1) if col == "lr" else (0, 1), title=title)
+        return hv.Curve([], xd, yd).opts(ylim=(1e-6, 1) if logy else (0, 1), title=title)
 
     def schedule_plot(self, col: str, label: str, color: str, width=330, height=200, logy=False):
-        dm = hv.DynamicMap(lambda data: self._schedule(data, col, label), streams=[self.buffer])
+        dm = hv.DynamicMap(lambda data: self._schedule(data, col, label, logy), streams=[self.buffer])
         return dm.opts(hv.opts.Curve(width=width, height=height, color=color, framewise=True,
                                      show_grid=True, logy=logy, toolbar=None, line_width=2))
 
