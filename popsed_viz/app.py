@@ -9,6 +9,7 @@ sample catalog or an uploaded one.
 """
 from __future__ import annotations
 
+import html
 import os
 import sys
 import time
@@ -80,6 +81,7 @@ class Dashboard(param.Parameterized):
     status_level = param.String(default="info", precedence=-1)
     job_text = param.String(default="", precedence=-1)
     job_level = param.String(default="info", precedence=-1)
+    fit_error = param.String(default="", precedence=-1, doc="why the session's last fit failed (main pane)")
 
     def __init__(self, run=None, runs_dir=None, period_ms: int = 1000, **params):
         run = run if run not in (None, "") else sample_run_dir()
@@ -236,6 +238,7 @@ class Dashboard(param.Parameterized):
                 self._job_say(f"The sample catalog is missing: `{catalog}`.", "danger")
                 return None
         out = new_run_dir(self.runs_dir, label)
+        self.fit_error = ""
         try:
             self.job = FitJob(catalog, out, steps=self.steps_input.value, members=self.members_input.value,
                               batch=self.batch_input.value).start()
@@ -262,6 +265,15 @@ class Dashboard(param.Parameterized):
             text, level = self.job.describe()
             if text != self.job_text or level != self.job_level:
                 self._job_say(text, level)
+            error = self._fit_error_markdown() if self.job.failed else ""
+            if error != self.fit_error:
+                self.fit_error = error
+
+    def _fit_error_markdown(self) -> str:
+        """The failed fit's message, whole and wrapped (the sidebar is too narrow for it)."""
+        message = html.escape(self.job.error_message() or "(no message in the log)")
+        return (f"**The fit of `{self.job.catalog.name}` failed** (exit status {self.job.poll()}):\n\n"
+                f'<pre style="white-space: pre-wrap; word-break: break-word; margin: 0">{message}</pre>')
 
     # ------------------------------------------------------------ life cycle
     def start_watching(self):
@@ -316,7 +328,10 @@ class Dashboard(param.Parameterized):
             sizing_mode="stretch_width",
         )
         self.tabs = tabs
-        return [pn.Column(self._alert(self.param.status_text, self.param.status_level), tabs,
+        fit_error = pn.bind(lambda t: pn.pane.Alert(t, alert_type="danger", visible=bool(t), margin=(5, 5),
+                                                    css_classes=["popsed-fit-error"], sizing_mode="stretch_width"),
+                            self.param.fit_error)
+        return [pn.Column(self._alert(self.param.status_text, self.param.status_level), fit_error, tabs,
                           sizing_mode="stretch_width")]
 
     def panel(self):

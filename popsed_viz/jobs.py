@@ -136,6 +136,22 @@ class FitJob:
             return ""
         return "\n".join(lines[-n:])
 
+    @property
+    def failed(self) -> bool:
+        """Ended with a non-zero status without being stopped from the app."""
+        rc = self.poll()
+        return rc not in (None, 0) and not self.stopped_by_user
+
+    def error_message(self) -> str:
+        """Why the fit failed, whole: the command line's one-line error(s), else the end of its log."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("popsed fit: error:")]
+        return "\n".join(errors or lines[-15:])
+
     def describe(self) -> tuple[str, str]:
         """(markdown, alert level) describing the job."""
         if self.proc is None:
@@ -148,5 +164,4 @@ class FitJob:
             return f"Fit stopped (exit status {rc}); its run stays in `{self.out.name}`.", "warning"
         if rc == 0:
             return f"Fit finished: `{self.out.name}`.", "success"
-        tail = self.log_tail(4).strip()
-        return f"Fit failed (exit status {rc}).\n\n```\n{tail}\n```", "danger"
+        return f"Fit failed (exit status {rc}): the message is above the plots.", "danger"

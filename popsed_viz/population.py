@@ -25,6 +25,18 @@ SFR = "log_sfr_100myr"
 LEGEND = {"label_text_font_size": "8pt", "background_fill_alpha": 0.7, "spacing": 0}
 
 
+#: Width of a 1-D histogram with its legend outside, on the right (a legend inside covers the data).
+HIST_WIDTH = 520
+
+
+def _hist_opts(dm: hv.DynamicMap, title: str, width: int, height: int) -> hv.DynamicMap:
+    """Options of a 1-D histogram overlay: every element normalised per frame (``framewise``), so the y-range
+    follows a redshift cut; the legend outside the axes."""
+    return dm.opts(hv.opts.Overlay(title=title, width=width, height=height, legend_position="right",
+                                   framewise=True, toolbar="above", show_grid=True, legend_opts=LEGEND),
+                   hv.opts.Histogram(framewise=True), hv.opts.Curve(framewise=True))
+
+
 def member_options(n_members: int) -> list[str]:
     return [POOLED] + [f"member {k}" for k in range(max(0, int(n_members)))]
 
@@ -246,7 +258,7 @@ class PopulationView(RunView):
 
         return cb
 
-    def density_plot(self, xname: str, yname: str, title: str, width=420, height=360):
+    def density_plot(self, xname: str, yname: str, title: str, width=HIST_WIDTH, height=360):
         """Rasterised learned density of (xname, yname) with the truth contours."""
         pts = hv.DynamicMap(self._points_cb(xname, yname),
                             streams=[hv.streams.Params(self, ["z_range", "member", "sample", "revision"])])
@@ -309,17 +321,13 @@ class PopulationView(RunView):
     def _learned_label(self):
         return "learned (passes selection)" if self.sample == SELECTED else "learned (whole population)"
 
-    def mass_hist(self, width=420, height=300):
+    def mass_hist(self, width=HIST_WIDTH, height=300):
         dm = hv.DynamicMap(self._mass_cb, streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
-        return dm.opts(hv.opts.Overlay(title="Stellar-mass distribution", width=width, height=height,
-                                       legend_position="top_left", framewise=True, toolbar="above", show_grid=True,
-                                       legend_opts=LEGEND))
+        return _hist_opts(dm, "Stellar-mass distribution", width, height)
 
-    def z_hist(self, width=420, height=300):
+    def z_hist(self, width=HIST_WIDTH, height=300):
         dm = hv.DynamicMap(self._z_cb, streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
-        return dm.opts(hv.opts.Overlay(title="Redshift distribution", width=width, height=height,
-                                       legend_position="top_right", framewise=True, toolbar="above", show_grid=True,
-                                       legend_opts=LEGEND))
+        return _hist_opts(dm, "Redshift distribution", width, height)
 
     # ---------------------------------------------------------------- corner
     @param.depends("z_range", "member", "sample", "show_truth", "corner_params", "revision")
