@@ -1,8 +1,10 @@
 """Launcher of the dashboard: ``python -m popsed_viz [RUN]`` (or ``popsed serve`` once registered).
 
-It runs ``panel serve`` on the packaged app directory (:data:`popsed_viz.paths.APP_DIR`) bound to **127.0.0.1** unless ``--address`` says
-otherwise (``panel serve`` alone listens on all interfaces), with the
-websocket origins that match the address.
+It runs ``panel serve`` on the packaged app directory
+(:data:`popsed_viz.paths.APP_DIR`) bound to **127.0.0.1** unless ``--address``
+says otherwise (``panel serve`` alone listens on all interfaces), with the
+websocket origins that match the address.  ``popsed serve`` *becomes* the
+server (``exec``), so stopping it stops the server.
 """
 from __future__ import annotations
 

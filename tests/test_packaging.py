@@ -79,8 +79,10 @@ def wheel(tmp_path_factory) -> Path:
     shutil.copytree(REPO, src, ignore=COPY_IGNORE)
     out = tmp_path_factory.mktemp("wheel")
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
-                          "-w", str(out), "-q"], capture_output=True, text=True, timeout=600)
+                          "-w", str(out), "-v"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    # a data folder that is not a listed package would be dropped by a future setuptools
+    assert "absent from the `packages` configuration" not in res.stdout + res.stderr
     (whl,) = out.glob("popsed-*.whl")
     return whl
 
