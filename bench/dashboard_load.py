@@ -99,7 +99,7 @@ def measure(run: Path, repeat: int, label: str, shots: Path | None) -> dict:
                 page = browser.new_page(viewport={"width": 1500, "height": 1000})
                 errs = JSErrorLog(page)
                 page.goto(srv.url, wait_until="commit")
-                page.wait_for_function(DRAWN_JS, arg=4, timeout=120_000, polling=50)
+                page.wait_for_function(DRAWN_JS, arg=3, timeout=120_000, polling=50)
                 nav = page.evaluate("() => { const e = performance.getEntriesByType('navigation')[0];"
                                     " return {start: e.startTime, ttfb: e.responseStart}; }")
                 drawn = page.evaluate("() => window.__popsed_drawn")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from popsed_viz.reader import HistoryTail, RunReader, RunStatus
 
 __all__ = ["RunReader", "RunStatus", "HistoryTail", "TrainingMonitor", "PhotometryView", "PopulationView",
-           "Dashboard"]
+           "Dashboard", "BackgroundFit", "fit_in_background"]
 
 
 def __getattr__(name):  # lazy: importing the reader must not import holoviews/panel
@@ -26,4 +26,7 @@ def __getattr__(name):  # lazy: importing the reader must not import holoviews/p
     if name == "Dashboard":
         from popsed_viz.app import Dashboard
         return Dashboard
+    if name in ("BackgroundFit", "fit_in_background"):
+        from popsed_viz import background
+        return getattr(background, name)
     raise AttributeError(name)

@@ -9,7 +9,9 @@ sample catalog or an uploaded one.
 """
 from __future__ import annotations
 
+import html
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -32,7 +34,8 @@ from popsed_viz.photometry import PhotometryView
 from popsed_viz.population import PopulationView
 from popsed_viz.reader import RunReader
 
-__all__ = ["Dashboard", "discover_runs", "drop_remote_fonts"]
+__all__ = ["Dashboard", "discover_runs", "drop_remote_fonts", "serve_session", "serve_page", "on_server_loaded",
+           "warm_up"]
 
 
 CATALOG_SUFFIXES = (".ecsv", ".csv", ".fits", ".fit", ".parquet", ".pq", ".h5", ".hdf5")
@@ -87,6 +90,7 @@ class Dashboard(param.Parameterized):
     status_level = param.String(default="info", precedence=-1)
     job_text = param.String(default="", precedence=-1)
     job_level = param.String(default="info", precedence=-1)
+    fit_error = param.String(default="", precedence=-1, doc="why the session's last fit failed (main pane)")
 
     def __init__(self, run=None, runs_dir=None, period_ms: int = 1000, **params):
         run = run if run not in (None, "") else sample_run_dir()
@@ -290,6 +294,7 @@ class Dashboard(param.Parameterized):
                 self._job_say(f"The sample catalog is missing: `{catalog}`.", "danger")
                 return None
         out = new_run_dir(self.runs_dir, label)
+        self.fit_error = ""
         try:
             self.job = FitJob(catalog, out, steps=self.steps_input.value, members=self.members_input.value,
                               batch=self.batch_input.value).start()
@@ -316,6 +321,15 @@ class Dashboard(param.Parameterized):
             text, level = self.job.describe()
             if text != self.job_text or level != self.job_level:
                 self._job_say(text, level)
+            error = self._fit_error_markdown() if self.job.failed else ""
+            if error != self.fit_error:
+                self.fit_error = error
+
+    def _fit_error_markdown(self) -> str:
+        """The failed fit's message, whole and wrapped (the sidebar is too narrow for it)."""
+        message = html.escape(self.job.error_message() or "(no message in the log)")
+        return (f"**The fit of `{self.job.catalog.name}` failed** (exit status {self.job.poll()}):\n\n"
+                f'<pre style="white-space: pre-wrap; word-break: break-word; margin: 0">{message}</pre>')
 
     # ------------------------------------------------------------ life cycle
     def start_watching(self):
@@ -377,7 +391,10 @@ class Dashboard(param.Parameterized):
             sizing_mode="stretch_width",
         )
         self.tabs = tabs
-        return [pn.Column(self._alert(self.param.status_text, self.param.status_level), tabs,
+        fit_error = pn.bind(lambda t: pn.pane.Alert(t, alert_type="danger", visible=bool(t), margin=(5, 5),
+                                                    css_classes=["popsed-fit-error"], sizing_mode="stretch_width"),
+                            self.param.fit_error)
+        return [pn.Column(self._alert(self.param.status_text, self.param.status_level), fit_error, tabs,
                           sizing_mode="stretch_width")]
 
     def panel(self):
@@ -410,6 +427,23 @@ def serve_session(run=None) -> pn.template.FastListTemplate:
     if doc is not None and doc.session_context is not None:  # served: per-session clean-up
         doc.on_session_destroyed(lambda ctx: dash.close())
     return dash.template()
+
+
+def serve_page(argv: list[str] | None = None) -> None:
+    """Body of the served directory app (``main.py``): mark this session's page servable.
+
+    The run shown first is ``argv[1]`` (``panel serve ... --args RUN``), else ``$POPSED_RUN``, else the
+    bundled sample run.
+    """
+    argv = sys.argv if argv is None else argv
+    pn.extension(notifications=False)
+    run = argv[1] if len(argv) > 1 else os.environ.get("POPSED_RUN") or None
+    serve_session(run).servable(title="popsed")
+
+
+def on_server_loaded(server_context) -> None:
+    """Bokeh lifecycle hook (``server_lifecycle.py``): warm up once when the server starts."""
+    warm_up()
 
 
 def warm_up(run=None) -> float:

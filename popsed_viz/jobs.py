@@ -17,23 +17,19 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from popsed_viz.paths import (
+    REPO_ROOT,
+    SOURCE_CHECKOUT,
+    pythonpath_with_checkout,
+    sample_catalog,
+    sample_run_dir,
+)
+
 __all__ = ["FitJob", "REPO_ROOT", "default_runs_dir", "sample_run_dir", "sample_catalog", "safe_filename",
            "fit_command", "new_run_dir"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 #: Default settings of a fit started from the dashboard (small: it is a demo / check).
 DEFAULT_FIT = {"steps": 300, "members": 2, "batch": 1024}
-
-
-def sample_run_dir() -> Path:
-    return Path(os.environ.get("POPSED_SAMPLE_RUN", REPO_ROOT / "sample_data" / "run_sdss"))
-
-
-def sample_catalog() -> Path:
-    return Path(
-        os.environ.get("POPSED_SAMPLE_CATALOG", REPO_ROOT / "sample_data" / "mock_sdss" / "catalog.ecsv")
-    )
 
 
 def default_runs_dir() -> Path:
@@ -58,14 +54,8 @@ def new_run_dir(runs_dir: Path, label: str = "fit") -> Path:
     return cand
 
 
-def fit_command(
-    catalog: str | os.PathLike,
-    out: str | os.PathLike,
-    steps: int | None = None,
-    members: int | None = None,
-    extra: list[str] | None = None,
-    batch: int | None = None,
-) -> list[str]:
+def fit_command(catalog: str | os.PathLike, out: str | os.PathLike, steps: int | None = None,
+                members: int | None = None, extra: list[str] | None = None, batch: int | None = None) -> list[str]:
     """The command line of a background fit (the project's own ``popsed fit``).
 
     ``$POPSED_APP_FIT_ARGS`` adds options (e.g. ``--loss sinkhorn --device cuda``).
@@ -97,21 +87,12 @@ class FitJob:
     def start(self) -> "FitJob":
         self.out.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
+        env["PYTHONPATH"] = pythonpath_with_checkout(env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         log = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=str(REPO_ROOT),
-                env=env,
-                start_new_session=True,
-            )
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=str(REPO_ROOT) if SOURCE_CHECKOUT else None, env=env, start_new_session=True)
         finally:
             log.close()
         self.started = time.time()
@@ -155,6 +136,22 @@ class FitJob:
             return ""
         return "\n".join(lines[-n:])
 
+    @property
+    def failed(self) -> bool:
+        """Ended with a non-zero status without being stopped from the app."""
+        rc = self.poll()
+        return rc not in (None, 0) and not self.stopped_by_user
+
+    def error_message(self) -> str:
+        """Why the fit failed, whole: the command line's one-line error(s), else the end of its log."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("popsed fit: error:")]
+        return "\n".join(errors or lines[-15:])
+
     def describe(self) -> tuple[str, str]:
         """(markdown, alert level) describing the job."""
         if self.proc is None:
@@ -167,5 +164,4 @@ class FitJob:
             return f"Fit stopped (exit status {rc}); its run stays in `{self.out.name}`.", "warning"
         if rc == 0:
             return f"Fit finished: `{self.out.name}`.", "success"
-        tail = self.log_tail(4).strip()
-        return f"Fit failed (exit status {rc}).\n\n```\n{tail}\n```", "danger"
+        return f"Fit failed (exit status {rc}): the message is above the plots.", "danger"

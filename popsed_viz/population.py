@@ -7,12 +7,11 @@ datashader rasters, so 10⁶ samples stay interactive.
 """
 from __future__ import annotations
 
-import holoviews as hv
 import numpy as np
+import holoviews as hv
 import panel as pn
 import param
 
-from engine.sps.params import BASE_BOUNDS
 from popsed_viz import plots as P
 from popsed_viz.base import L, RunView
 
@@ -26,13 +25,23 @@ SFR = "log_sfr_100myr"
 LEGEND = {"label_text_font_size": "8pt", "background_fill_alpha": 0.7, "spacing": 0}
 
 
+#: Width of a 1-D histogram with its legend outside, on the right (a legend inside covers the data).
+HIST_WIDTH = 520
+
+
+def _hist_opts(dm: hv.DynamicMap, title: str, width: int, height: int) -> hv.DynamicMap:
+    """Options of a 1-D histogram overlay: every element normalised per frame (``framewise``), so the y-range
+    follows a redshift cut; the legend outside the axes."""
+    return dm.opts(hv.opts.Overlay(title=title, width=width, height=height, legend_position="right",
+                                   framewise=True, toolbar="above", show_grid=True, legend_opts=LEGEND),
+                   hv.opts.Histogram(framewise=True), hv.opts.Curve(framewise=True))
+
+
 def member_options(n_members: int) -> list[str]:
     return [POOLED] + [f"member {k}" for k in range(max(0, int(n_members)))]
 
 
-def member_mask(
-    members: np.ndarray, choice: str, pooled_members: list[int] | None = None
-) -> np.ndarray | slice:
+def member_mask(members: np.ndarray, choice: str, pooled_members: list[int] | None = None) -> np.ndarray | slice:
     """Boolean mask for a member choice (``pooled`` keeps ``pooled_members`` or all)."""
     if choice == POOLED or not choice:
         if pooled_members is None:
@@ -67,17 +76,12 @@ class PopulationView(RunView):
     """The learned population of a run, cut in redshift, pooled or per member."""
 
     z_range = param.Range(default=(0.0, 0.65), bounds=(0.0, 0.65), doc="redshift range cutting every view")
-    member = param.Selector(
-        default=POOLED, objects=[POOLED], doc="pooled ensemble (converged members) or one member"
-    )
+    member = param.Selector(default=POOLED, objects=[POOLED], doc="pooled ensemble (converged members) or one member")
     show_truth = param.Boolean(default=True, doc="overlay the mock's truth (when the run has truth.ecsv)")
-    sample = param.Selector(
-        default=SELECTED,
-        objects=[SELECTED, WHOLE],
-        doc="learned samples shown: those passing the run's selection (comparable with the "
-        "catalog, its spec-z and a mock's truth, which hold catalogued galaxies only) or "
-        "the whole learned population",
-    )
+    sample = param.Selector(default=SELECTED, objects=[SELECTED, WHOLE],
+                            doc="learned samples shown: those passing the run's selection (comparable with the "
+                                "catalog, its spec-z and a mock's truth, which hold catalogued galaxies only) or "
+                                "the whole learned population")
     corner_params = param.ListSelector(default=list(DEFAULT_CORNER), objects=list(DEFAULT_CORNER),
                                        doc="parameters of the corner plot")
     max_points = param.Integer(default=2_000_000, doc="samples used per view (random subset beyond)")
@@ -135,9 +139,7 @@ class PopulationView(RunView):
         opts = member_options(n_members)
         names = [c for c in pop_cols if c not in ("member", "selected") and not c.startswith("mag_")]
         corner_objs = names or list(DEFAULT_CORNER)
-        corner = [c for c in self.corner_params if c in corner_objs] or [
-            c for c in DEFAULT_CORNER if c in corner_objs
-        ]
+        corner = [c for c in self.corner_params if c in corner_objs] or [c for c in DEFAULT_CORNER if c in corner_objs]
         same_bounds = tuple(self.param.z_range.bounds) == (0.0, zmax)
         self.param.z_range.bounds = (0.0, zmax)
         self.param.member.objects = opts
@@ -221,7 +223,7 @@ class PopulationView(RunView):
             return self._ranges[name]
         pop = self._population()
         fallback = {"z": (0.0, self.param.z_range.bounds[1]), "log_mstar": (8.0, 12.0), SFR: (-4.0, 2.0),
-                    "log_zmet": BASE_BOUNDS["log_zmet"]}.get(name, (0.0, 1.0))
+                    "log_zmet": (-2.3, 0.4)}.get(name, (0.0, 1.0))
         if pop is None or name not in pop or len(pop) == 0:
             return fallback
         v = pop[name].to_numpy()
@@ -256,7 +258,7 @@ class PopulationView(RunView):
 
         return cb
 
-    def density_plot(self, xname: str, yname: str, title: str, width=420, height=360):
+    def density_plot(self, xname: str, yname: str, title: str, width=HIST_WIDTH, height=360):
         """Rasterised learned density of (xname, yname) with the truth contours."""
         pts = hv.DynamicMap(self._points_cb(xname, yname),
                             streams=[hv.streams.Params(self, ["z_range", "member", "sample", "revision"])])
@@ -283,9 +285,7 @@ class PopulationView(RunView):
         rng = self._range("log_mstar")
         edges = np.linspace(rng[0], rng[1], 61)
         xd = P.dim("log_mstar")
-        learned = P.histogram(
-            self._col(pop, idx, "log_mstar"), xd, edges, P.PRED_COLOR, True, self._learned_label()
-        )
+        learned = P.histogram(self._col(pop, idx, "log_mstar"), xd, edges, P.PRED_COLOR, True, self._learned_label())
         t = self._truth_sel(z_range) if show_truth else None
         out = learned
         if t is not None and "log_mstar" in t:
@@ -321,41 +321,13 @@ class PopulationView(RunView):
     def _learned_label(self):
         return "learned (passes selection)" if self.sample == SELECTED else "learned (whole population)"
 
-    def mass_hist(self, width=420, height=300):
-        dm = hv.DynamicMap(
-            self._mass_cb,
-            streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])],
-        )
-        return dm.opts(
-            hv.opts.Overlay(
-                title="Stellar-mass distribution",
-                width=width,
-                height=height,
-                legend_position="top_left",
-                framewise=True,
-                toolbar="above",
-                show_grid=True,
-                legend_opts=LEGEND,
-            )
-        )
+    def mass_hist(self, width=HIST_WIDTH, height=300):
+        dm = hv.DynamicMap(self._mass_cb, streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
+        return _hist_opts(dm, "Stellar-mass distribution", width, height)
 
-    def z_hist(self, width=420, height=300):
-        dm = hv.DynamicMap(
-            self._z_cb,
-            streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])],
-        )
-        return dm.opts(
-            hv.opts.Overlay(
-                title="Redshift distribution",
-                width=width,
-                height=height,
-                legend_position="top_right",
-                framewise=True,
-                toolbar="above",
-                show_grid=True,
-                legend_opts=LEGEND,
-            )
-        )
+    def z_hist(self, width=HIST_WIDTH, height=300):
+        dm = hv.DynamicMap(self._z_cb, streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
+        return _hist_opts(dm, "Redshift distribution", width, height)
 
     # ---------------------------------------------------------------- corner
     @param.depends("z_range", "member", "sample", "show_truth", "corner_params", "revision")
@@ -425,9 +397,7 @@ class PopulationView(RunView):
 
     def controls(self):
         return pn.Column(
-            pn.widgets.RangeSlider.from_param(
-                self.param.z_range, **L("Redshift range"), step=0.005, format="0.000"
-            ),
+            pn.widgets.RangeSlider.from_param(self.param.z_range, **L("Redshift range"), step=0.005, format="0.000"),
             pn.widgets.Select.from_param(self.param.member, **L("Ensemble")),
             pn.widgets.RadioButtonGroup.from_param(self.param.sample, **L("Samples")),
             pn.widgets.Checkbox.from_param(self.param.show_truth, **L("Overlay truth (mocks)")),
@@ -447,14 +417,11 @@ class PopulationView(RunView):
     def corner_panel(self):
         """The corner plot with its parameter chooser (drawn when first shown)."""
         return pn.Column(
-            pn.widgets.MultiChoice.from_param(
-                self.param.corner_params, **L("Corner-plot parameters"), max_items=8, width=700
-            ),
-            pn.pane.Markdown(
-                "Learned population (density, datashader) with the truth's 1-D distributions "
-                "(blue outlines) for mock runs; the redshift cut and member choice apply.",
-                margin=(0, 10),
-            ),
+            pn.widgets.MultiChoice.from_param(self.param.corner_params, **L("Corner-plot parameters"), max_items=8,
+                                              width=700),
+            pn.pane.Markdown("Learned population (density, datashader) with the truth's 1-D distributions "
+                             "(blue outlines) for mock runs; the redshift cut and member choice apply.",
+                             margin=(0, 10)),
             pn.param.ParamMethod(self.corner, lazy=True),
             sizing_mode="stretch_width",
         )

@@ -1,8 +1,10 @@
 """Launcher of the dashboard: ``python -m popsed_viz [RUN]`` (or ``popsed serve`` once registered).
 
-It runs ``panel serve app/`` bound to **127.0.0.1** unless ``--address`` says
-otherwise (``panel serve`` alone listens on all interfaces), with the
-websocket origins that match the address.
+It runs ``panel serve`` on the packaged app directory
+(:data:`popsed_viz.paths.APP_DIR`) bound to **127.0.0.1** unless ``--address``
+says otherwise (``panel serve`` alone listens on all interfaces), with the
+websocket origins that match the address.  ``popsed serve`` *becomes* the
+server (``exec``), so stopping it stops the server.
 """
 from __future__ import annotations
 
@@ -13,11 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from popsed_viz.jobs import REPO_ROOT
+from popsed_viz.paths import APP_DIR, pythonpath_with_checkout
 
 __all__ = ["APP_DIR", "serve_command", "add_subparser", "main"]
-
-APP_DIR = REPO_ROOT / "app"
 
 
 def _is_loopback(address: str) -> bool:
@@ -49,9 +49,7 @@ def serve_command(run=None, port: int = 5006, address: str = "127.0.0.1", show: 
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "run", nargs="?", default=None, help="run directory to open (default: the bundled sample run)"
-    )
+    p.add_argument("run", nargs="?", default=None, help="run directory to open (default: the bundled sample run)")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--address", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1: this machine only)")
@@ -65,20 +63,28 @@ def _run(args) -> int:
     env = dict(os.environ)
     if args.runs_dir:
         env["POPSED_RUNS_DIR"] = str(Path(args.runs_dir).expanduser().resolve())
-    if args.run:  # the server's warm-up (app/server_lifecycle.py) preloads this run
+    if args.run:  # the server's warm-up (server_lifecycle.py of the app) preloads this run
         env["POPSED_RUN"] = str(Path(args.run).expanduser().resolve())
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
+    env["PYTHONPATH"] = pythonpath_with_checkout(env)
     cmd = serve_command(args.run, args.port, args.address, args.show, args.allow_origin)
-    print(
-        "popsed dashboard: "
-        f"http://{'127.0.0.1' if _is_loopback(args.address) else args.address}:{args.port}/app",
-        file=sys.stderr,
-    )
+    print(f"popsed dashboard: http://{'127.0.0.1' if _is_loopback(args.address) else args.address}:{args.port}/app",
+          file=sys.stderr, flush=True)
+    return _replace_process(cmd, env)
+
+
+def _replace_process(cmd: list[str], env: dict) -> int:
+    """Become ``panel serve`` (``os.execve``): SIGTERM / SIGINT sent to ``popsed serve`` reach the server
+    itself, so stopping the launcher frees the port.  Where ``exec`` does not replace the process (Windows),
+    run it as a child and stop it with the launcher."""
+    if os.name == "posix":
+        sys.stdout.flush()
+        os.execve(cmd[0], cmd, env)
+    proc = subprocess.Popen(cmd, env=env)
     try:
-        return subprocess.call(cmd, env=env)
+        return proc.wait()
     except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
         return 130
 
 

@@ -111,7 +111,7 @@ def open_app(page, server):
     from browser import wait_for_plots
 
     page.goto(server.url)
-    wait_for_plots(page, 4, timeout=90, titles=[LOSS])
+    wait_for_plots(page, 3, timeout=90, titles=[LOSS])  # loss, noise, learning rate (no Sinkhorn blur: sliced loss)
 
 
 def show_tab(page, name, titles=None, absent=None, n=1):

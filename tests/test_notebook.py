@@ -1,7 +1,9 @@
-"""notebooks/quickstart.ipynb executes headless (nbclient) with a tiny fit, so it never rots."""
+"""notebooks/quickstart.ipynb executes headless (nbclient) with a tiny fit, so it never rots: no error, no
+warning on stderr, and every plot's JavaScript/CSS inline (no CDN: the plots must draw without internet)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -52,3 +54,14 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
             if o.output_type in ("display_data", "execute_result")
             and any("panel" in k or "bokeh" in k or k == "text/html" for k in o.get("data", {}))]
     assert len(rich) >= 5
+    stderr = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "stream" and o.name == "stderr"]
+    assert not stderr, stderr
+    outputs = json.dumps([o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
+    remote = [host for host in CDN_HOSTS if host in outputs]  # (no `in` assert: its diff of MBs of JS is slow)
+    assert not remote, f"the notebook's outputs load resources from {remote}"
+    assert len(outputs) > 1_000_000  # BokehJS and Panel's JS are inline
+
+
+#: Where BokehJS / Panel fetch their JS and CSS from unless told to inline them.
+CDN_HOSTS = ("cdn.bokeh.org", "cdn.holoviz.org")
