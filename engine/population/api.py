@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
 from engine.errors import PopsedError
 from engine.runtime import tune_cpu_allocator
