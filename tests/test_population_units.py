@@ -16,7 +16,7 @@ from engine.population.noise import NoiseModel, asinh_mag, pogson_mag
 from engine.population.selection import SelectionError, check_cuts, parse_selection, selection_mask
 from engine.population.config import TrainConfig
 from engine.population.objective import whitening_matrix
-from engine.population.trainer import ensemble_report
+from engine.population.convergence import ensemble_report, plateau
 
 SPS_BOUNDS = torch.tensor([[0, 0.65], [7, 13], [0, 1], [0, 1], [0, 1], [0.01, 13.27], [0, 1], [-2.3, 0.4],
                            [-3, 1], [0, 3], [0, 3]], dtype=torch.float32)
@@ -374,18 +374,59 @@ def test_optical_only_note():
 
 
 def test_ensemble_report():
+    # which members are pooled: the ensemble-relative rule (1.5x the best member's loss, no divergence)
     rows = [{"member": 0, "status": "converged", "best_val_loss": 0.10},
             {"member": 1, "status": "converged", "best_val_loss": 0.12},
             {"member": 2, "status": "converged", "best_val_loss": 0.50},
             {"member": 3, "status": "converged", "best_val_loss": None},
             {"member": 4, "status": "diverged", "best_val_loss": 0.09}]
     rep = ensemble_report(rows, 1.5, 0.08)
-    assert rep["converged"] == [0, 1] and rep["dropped"] == [2, 3, 4]
+    assert rep["kept"] == [0, 1] and rep["dropped"] == [2, 3, 4]
+    assert [m["kept"] for m in rep["members"]] == [True, True, False, False, False]
+    # without validation histories no plateau can be judged: none converged
+    assert rep["converged"] == []
     assert [m["status"] for m in rep["members"]] == [
-        "converged",
-        "converged",
+        "not_converged",
+        "not_converged",
         "not_converged",
         "diverged",
         "diverged",
     ]
     assert all("note" in m for m in rep["members"] if m["status"] != "converged")
+    assert "not pooled" in rep["members"][2]["note"] and "not pooled" not in rep["members"][0]["note"]
+
+
+def _history(curve, steps=300, every=10):
+    return [(i, curve(i)) for i in range(0, steps, every)] + [(steps - 1, curve(steps - 1))]
+
+
+def test_plateau_at_the_noise_floor_is_converged():
+    floor = 0.2
+    rng = np.random.default_rng(0)
+    noise = {i: 0.01 * rng.standard_normal() for i in range(300)}
+    flat = _history(lambda i: floor * (1.15 + 3.0 * np.exp(-i / 30.0)) * (1 + noise[i]))
+    rows = [{"member": 0, "status": "converged", "best_val_loss": flat[-1][1]}]
+    rep = ensemble_report(rows, 1.5, floor, histories={0: flat}, steps=300)
+    m = rep["members"][0]
+    assert m["status"] == "converged" and m["kept"] and rep["converged"] == [0], m
+    assert m["floor_ratio"] <= 1.2 and abs(m["plateau"]) < 0.02 and "note" not in m
+
+
+def test_high_or_still_falling_loss_is_not_converged():
+    floor = 0.24
+    # flat but far above the floor
+    high = _history(lambda i: 125.0)
+    # at the floor's level but still falling fast over the last third
+    falling = _history(lambda i: floor * (1.0 + 8.0 * np.exp(-i / 150.0)))
+    rows = [{"member": 0, "status": "converged", "best_val_loss": 125.0},
+            {"member": 1, "status": "converged", "best_val_loss": falling[-1][1]}]
+    rep = ensemble_report(rows, 1e6, floor, histories={0: high, 1: falling}, steps=300)
+    m0, m1 = rep["members"]
+    assert m0["status"] == m1["status"] == "not_converged" and rep["kept"] == [0, 1] and rep["converged"] == []
+    assert "x the noise floor" in m0["note"] and "still decreasing" not in m0["note"]
+    assert "still decreasing by" in m1["note"] and m1["plateau"] > 0.02
+
+
+def test_plateau_needs_two_validations_in_the_last_third():
+    assert plateau([(0, 3.0), (10, 2.0)], 30) is None
+    assert plateau([(0, 3.0), (20, 2.0), (29, 1.0)], 30) == pytest.approx(0.5)

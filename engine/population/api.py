@@ -114,7 +114,7 @@ def _finish(rd: RunDir, trainer: Trainer, p: FitProblem, states: dict, failed: d
     """Write the results; the ``done`` event."""
     rep = rd.write_results(trainer, p.cfg, p.cfg_json, states, failed)
     done = trainer._stamp({"event": "done", "status": "complete", "converged": rep["converged"],
-                           "dropped": rep["dropped"], **({"failed": sorted(failed)} if failed else {})})
+                           "kept": rep["kept"], "dropped": rep["dropped"], **({"failed": sorted(failed)} if failed else {})})
     rd.history.append(done)
     return done
 
@@ -158,5 +158,6 @@ def _progress(bar, ev):
             post["val"] = f"{ev['val_loss']:.4f}"
         bar.set_postfix(post, refresh=False)
     elif ev["event"] == "member_done" and bar is not None:
-        bar.write(f"member {ev['member']}: {ev['status']}, best validation loss {ev['best_val_loss']} at step {ev['best_step']}")
+        what = "diverged" if ev["status"] == "diverged" else "finished"  # converged or not: decided at the end
+        bar.write(f"member {ev['member']} {what}, kept validation loss {ev['best_val_loss']} at step {ev['best_step']}")
     return bar

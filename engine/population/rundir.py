@@ -39,7 +39,8 @@ from .run import (
     torch_load,
     truncate_events,
 )
-from .trainer import MemberState, Trainer, cpu_state, ensemble_report
+from .convergence import CONVERGENCE_DEFINITION, ensemble_report
+from .trainer import MemberState, Trainer, cpu_state
 
 __all__ = ["UV_EDGE_AA", "RunDir", "optical_only_note", "summary_dict", "versions"]
 
@@ -230,20 +231,30 @@ class RunDir:
         atomic_write_parquet(self.path / "preview.parquet", {k: np.concatenate(v) for k, v in cols.items()})
 
     # ------------------------------------------------------------------ results
+    def validation_histories(self) -> dict[int, list[tuple[int, float]]]:
+        """Member -> its ``(step, validation loss)`` pairs, from ``history.jsonl``."""
+        out: dict[int, list] = {}
+        for e in read_history(self.path / "history.jsonl"):
+            if e.get("event") == "step" and e.get("val_loss") is not None:
+                out.setdefault(int(e["member"]), []).append((int(e["step"]), float(e["val_loss"])))
+        return out
+
     def write_results(self, trainer: Trainer, cfg: TrainConfig, cfg_json: dict, states: dict,
                       failed: dict[int, str]) -> dict:
-        """``population.parquet`` (the converged members) and ``summary.json``; returns the ensemble report."""
+        """``population.parquet`` (the kept members) and ``summary.json``; returns the ensemble report
+        (:func:`engine.population.convergence.ensemble_report`)."""
         for k in range(cfg.members):
             if k not in failed and (k not in states or states[k].best_flow is None):
                 states[k] = trainer.load_member(torch_load(self._checkpoint(k), "checkpoint"))
         rep = ensemble_report([_member_row(k, states.get(k), failed) for k in range(cfg.members)],
-                              cfg.converge_factor, trainer.noise_floor)
+                              cfg.converge_factor, trainer.noise_floor, converge_floor=cfg.converge_floor,
+                              plateau_tol=cfg.plateau_tol, histories=self.validation_histories(), steps=cfg.steps)
         for row in rep["members"]:
             if row["member"] in failed:
                 row["status"] = "failed"
                 row["note"] = f"task failed on the cluster: {failed[row['member']]}"
         pop_cols: dict[str, list] = {}
-        for k in rep["converged"]:
+        for k in rep["kept"]:
             for name, v in trainer.population(states[k]).items():
                 pop_cols.setdefault(name, []).append(v)
         pop = {name: np.concatenate(v) for name, v in pop_cols.items()}
@@ -325,7 +336,11 @@ def summary_dict(cfg_json: dict, rep: dict, pop: dict, trainer: Trainer, param_n
     pct = _percentiles(pop, names) if pop else {}
     notes = []
     if rep["dropped"]:
-        notes.append(f"members {rep['dropped']} did not converge and are not in population.parquet")
+        notes.append(f"members {rep['dropped']} are not in population.parquet (diverged, or validation loss above "
+                     f"{trainer.cfg.converge_factor:g}x the ensemble's best)")
+    unconverged = [m["member"] for m in rep["members"] if m["status"] != "converged"]
+    if unconverged:
+        notes.append(f"members {unconverged} did not converge (see their notes): the population is not final")
     optical = optical_only_note(cfg_json.get("bands", []))
     if optical:
         notes.append(optical)
@@ -334,9 +349,13 @@ def summary_dict(cfg_json: dict, rep: dict, pop: dict, trainer: Trainer, param_n
         "status": "complete",
         "members": rep["members"],
         "converged": rep["converged"],
+        "kept": rep["kept"],
         "dropped": rep["dropped"],
         "notes": notes,
         "noise_floor": trainer.noise_floor,
+        "convergence_definition": CONVERGENCE_DEFINITION,
+        "converge_floor": float(trainer.cfg.converge_floor),
+        "plateau_tol": float(trainer.cfg.plateau_tol),
         "noise_floor_definition": "sliced Wasserstein distance (fixed directions) between the validation and training rows of the catalog, in the loss's standardised space",
         "val_loss_definition": "sliced Wasserstein distance (fixed directions) between predicted (full noise, selected) and validation rows",
         "n_population": int(len(pop["member"])) if pop else 0,
