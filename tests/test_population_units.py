@@ -10,13 +10,13 @@ import torch
 
 from engine.errors import ModelFileError, PopsedError
 from engine.population.bounds import BoxBijection
+from engine.population.config import TrainConfig
+from engine.population.convergence import ensemble_report, plateau
 from engine.population.flow import FlowConfig, PopulationFlow
 from engine.population.losses import BlurSchedule, SinkhornLoss, sliced_wasserstein
 from engine.population.noise import NoiseModel, asinh_mag, pogson_mag
-from engine.population.selection import SelectionError, check_cuts, parse_selection, selection_mask
-from engine.population.config import TrainConfig
 from engine.population.objective import whitening_matrix
-from engine.population.convergence import ensemble_report, plateau
+from engine.population.selection import SelectionError, check_cuts, parse_selection, selection_mask
 
 SPS_BOUNDS = torch.tensor([[0, 0.65], [7, 13], [0, 1], [0, 1], [0, 1], [0.01, 13.27], [0, 1], [-2.3, 0.4],
                            [-3, 1], [0, 3], [0, 3]], dtype=torch.float32)
@@ -427,6 +427,9 @@ def test_high_or_still_falling_loss_is_not_converged():
     assert "still decreasing by" in m1["note"] and m1["plateau"] > 0.02
 
 
-def test_plateau_needs_two_validations_in_the_last_third():
-    assert plateau([(0, 3.0), (10, 2.0)], 30) is None
-    assert plateau([(0, 3.0), (20, 2.0), (29, 1.0)], 30) == pytest.approx(0.5)
+def test_plateau_needs_eight_validations_in_the_last_third():
+    # the last third of 30 steps: steps 20..29; medians of the earlier and the later four validations
+    hist = [(0, 9.0), (10, 5.0)] + [(s, 2.0) for s in range(20, 24)] + [(s, 1.0) for s in range(26, 30)]
+    assert plateau(hist, 30) == pytest.approx(0.5)
+    assert plateau(hist[:-1], 30) is None
+    assert plateau([(0, 3.0), (20, 2.0), (25, 1.9), (29, 1.0)], 30) is None

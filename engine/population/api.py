@@ -76,14 +76,19 @@ def iter_fit(catalog, out, config: TrainConfig | None = None, options: FitOption
         raise PopsedError(f"TrainConfig fields given both in config and as keywords: {', '.join(sorted(cfg_kwargs))}")
     tune_cpu_allocator()
     dev = resolve_device(options.device)
-    rd = RunDir.open(Path(out), options.resume, options.overwrite)
-    p = None
+    RunDir.check(out, options.resume, options.overwrite)
+    p = trainer = None
+    if not options.resume:  # every input is checked before anything is written
+        p, trainer, obs = _new_fit(catalog, config, cfg_kwargs, spec, options, dev)
+    try:
+        rd = RunDir.open(Path(out), options.resume, options.overwrite)
+    except BaseException:
+        _close(p)
+        raise
     try:
         if rd.resuming:
             p = resumed_problem(rd, catalog, spec, dev)
-        else:
-            p = new_problem(catalog, config if config is not None else TrainConfig(**cfg_kwargs), spec, options, dev)
-        trainer, obs = build_trainer(p, rd, dev, options.preview_every)
+            trainer, obs = build_trainer(p, rd, dev, options.preview_every)
         states, start = (rd.begin_resume(trainer, p.cfg.members, parallel=options.distributed) if rd.resuming else
                          ({}, rd.begin_new(p.cfg_json, trainer, obs, p.noise, trainer.feat.names(list(p.model.bands)))))
         yield _start_event(rd, trainer, start, dev)
@@ -96,9 +101,25 @@ def iter_fit(catalog, out, config: TrainConfig | None = None, options: FitOption
             yield from run_sequential(rd, trainer, states, previews, options, stop_requested)
         yield _finish(rd, trainer, p, states, failed)
     finally:
-        if p is not None and hasattr(p.cat, "close"):
-            p.cat.close()
+        _close(p)
         rd.close()
+
+
+def _new_fit(catalog, config: TrainConfig | None, cfg_kwargs: dict, spec: FitSpec, options: FitOptions, dev):
+    """The problem, trainer and observed rows of a new fit: the catalog read and checked, the bands, the
+    selection, the forward model and the configuration, before the run directory is created."""
+    p = new_problem(catalog, config if config is not None else TrainConfig(**cfg_kwargs), spec, options, dev)
+    try:
+        trainer, obs = build_trainer(p, None, dev, options.preview_every)
+    except BaseException:
+        _close(p)
+        raise
+    return p, trainer, obs
+
+
+def _close(p: FitProblem | None) -> None:
+    if p is not None and hasattr(p.cat, "close"):
+        p.cat.close()
 
 
 def _start_event(rd: RunDir, trainer: Trainer, start: dict, dev) -> dict:

@@ -86,6 +86,18 @@ class TrainConfig:
             raise PopsedError("members and steps must be >= 1 and batch >= 2")
         if self.lr_schedule not in ("onecycle", "constant"):
             raise PopsedError(f"unknown lr schedule {self.lr_schedule!r}")
+        if not self.lr > 0:
+            raise PopsedError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.noise_ramp <= 1.0:
+            raise PopsedError(f"noise_ramp must be in [0, 1] (a fraction of training), got {self.noise_ramp}")
+        if not self.val_every >= 1:
+            raise PopsedError(f"val_every must be >= 1 (steps), got {self.val_every}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise PopsedError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not self.entropy >= 0:
+            raise PopsedError(f"entropy must be >= 0, got {self.entropy}")
+        if not self.population_samples >= 1:
+            raise PopsedError(f"population_samples must be >= 1, got {self.population_samples}")
         if not 0.0 <= self.best_from <= 1.0:
             raise PopsedError(f"best_from must be in [0, 1] (a fraction of training), got {self.best_from}")
         if not 0.0 <= self.ema < 1.0:
@@ -197,6 +209,22 @@ class FitOptions:
     stream: str | bool = "auto"
     stream_options: dict | None = None
     progress: bool = False
+
+    def __post_init__(self):
+        if self.resume and self.overwrite:
+            raise PopsedError("--resume and --overwrite exclude each other")
+        if not self.checkpoint_every >= 1:
+            raise PopsedError(f"checkpoint_every must be >= 1 (steps), got {self.checkpoint_every}")
+        if not self.checkpoint_seconds > 0:
+            raise PopsedError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}")
+        if not self.preview_every >= 0:
+            raise PopsedError(f"preview_every must be >= 0 (0: no previews), got {self.preview_every}")
+        if not self.retries >= 0:
+            raise PopsedError(f"retries must be >= 0, got {self.retries}")
+        if self.workers is not None and not self.workers >= 1:
+            raise PopsedError(f"workers must be >= 1, got {self.workers}")
+        if self.stream not in ("auto", "on", "off", "yes", "no", "always", "never", True, False, None):
+            raise PopsedError(f"stream must be auto, on or off, got {self.stream!r}")
 
     @property
     def distributed(self) -> bool:

@@ -16,10 +16,12 @@ import math
 
 import numpy as np
 
-__all__ = ["CONVERGENCE_DEFINITION", "PLATEAU_WINDOW", "ensemble_report", "plateau"]
+__all__ = ["CONVERGENCE_DEFINITION", "PLATEAU_MIN", "PLATEAU_WINDOW", "ensemble_report", "plateau"]
 
 #: the fraction of training, at its end, whose validation losses decide whether the loss has plateaued
 PLATEAU_WINDOW = 1.0 / 3.0
+#: the fewest validations per half of that window: a median of fewer is the scatter of single estimates
+PLATEAU_MIN = 4
 
 #: the definition written into ``summary.json``
 CONVERGENCE_DEFINITION = (
@@ -36,13 +38,13 @@ def plateau(history, steps: int) -> float | None:
     The validations at steps ``>= (1 - PLATEAU_WINDOW) (steps - 1)`` are split into an earlier and a later
     half (the middle one of an odd number is left out); the result is ``1 - median(later) /
     median(earlier)``: positive while the loss still decreases, about zero (or negative) on a plateau.
-    Medians make it robust to the scatter of single validation estimates.  ``None`` when fewer than two
-    finite validations fall in the window.
+    Medians make it robust to the scatter of single validation estimates.  ``None`` when fewer than
+    ``2 * PLATEAU_MIN`` finite validations fall in the window (too few to tell a plateau from scatter).
     """
     start = (1.0 - PLATEAU_WINDOW) * (steps - 1)
     vals = [float(v) for s, v in sorted(history) if s >= start and v is not None and math.isfinite(v)]
     half = len(vals) // 2
-    if half < 1:
+    if half < PLATEAU_MIN:
         return None
     early, late = float(np.median(vals[:half])), float(np.median(vals[-half:]))
     if not early > 0:
@@ -62,7 +64,8 @@ def _convergence(v: float, trend: float | None, noise_floor: float | None, conve
         reasons.append(f"validation loss {v:.3g} is {ratio:.1f}x the noise floor {noise_floor:.3g} "
                        f"(converged: <= {converge_floor:g}x)")
     if trend is None:
-        reasons.append("too few validations in the last third of training to judge a plateau")
+        reasons.append(f"too few validations in the last third of training to judge a plateau (need "
+                       f"{2 * PLATEAU_MIN}: more steps, or a smaller val_every)")
     elif trend >= plateau_tol:
         reasons.append(f"still decreasing by {trend:.0%} over the last third of training "
                        f"(plateau: < {plateau_tol:.0%})")
