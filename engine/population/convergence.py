@@ -27,7 +27,7 @@ PLATEAU_MIN = 4
 CONVERGENCE_DEFINITION = (
     "converged: kept validation loss <= converge_floor x noise floor, and the validation loss has plateaued "
     "(over the last third of training, the median of its later half is lower than the median of its earlier "
-    "half by less than plateau_tol); kept (pooled into population.parquet): finite kept validation loss <= "
+    "half, at least 4 validations each, by less than plateau_tol); kept (pooled into population.parquet): finite kept validation loss <= "
     "converge_factor x the ensemble's best and no divergence")
 
 
