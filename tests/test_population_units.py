@@ -433,3 +433,24 @@ def test_plateau_needs_eight_validations_in_the_last_third():
     assert plateau(hist, 30) == pytest.approx(0.5)
     assert plateau(hist[:-1], 30) is None
     assert plateau([(0, 3.0), (20, 2.0), (25, 1.9), (29, 1.0)], 30) is None
+
+
+def test_summary_of_a_run_written_before_kept_and_the_floor_ratio():
+    from engine.population.cli import complete_line, format_summary
+
+    old = {"format_version": 1, "status": "complete", "noise_floor": 0.24, "converged": [0], "dropped": [1],
+           "members": [{"member": 0, "status": "converged", "best_val_loss": 0.3, "best_step": 29},
+                       {"member": 1, "status": "not_converged", "best_val_loss": 0.9, "note": "above 1.5x"}],
+           "notes": [], "percentiles": {"z": {"p16": 0.1, "p50": 0.2, "p84": 0.3}}, "n_population": 10}
+    text = format_summary(old)
+    assert "noise floor (val vs train): 0.24" in text and "0: converged" in text and "(above 1.5x)" in text
+    assert "  pooled" not in text and "x floor" not in text
+    new = dict(old, converged=[], kept=[0], converge_floor=2.0, plateau_tol=0.02,
+               members=[dict(old["members"][0], status="not_converged", kept=True, floor_ratio=1.25, plateau=0.12,
+                             note="still decreasing by 12% over the last third of training (plateau: < 2%)"),
+                        dict(old["members"][1], kept=False, floor_ratio=3.75, plateau=0.0)])
+    text = format_summary(new)
+    assert "0: not_converged  pooled" in text and "1.25x floor" in text and "last-third decrease 12.0%" in text
+    assert "1: not_converged  not pooled" in text and "<= 2x the noise floor" in text
+    assert complete_line("R", new) == "run complete: R (2 members: 0 converged, 2 not converged; 1 left out of the " \
+                                       "population — see popsed summary R)"
