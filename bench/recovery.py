@@ -95,15 +95,16 @@ def photometric_check(
     def features(flux):
         return torch.tensor(feat.numpy(flux), dtype=torch.float32, device=dev)
 
-    # predicted: fresh samples of the converged members' kept flows
+    # predicted: fresh samples of the pooled members' kept flows
     model, _ = make_forward_model(
         cfg["forward"]["kind"], bands, dev, cfg.get("z_max") or 0.65, cfg["forward"].get("file")
     )
     summ = run.summary()
     preds = []
-    per = int(np.ceil(3 * n / max(1, len(summ["converged"]))))
+    pooled = summ.get("kept", summ["converged"])  # summaries before "kept": the pooled members were "converged"
+    per = int(np.ceil(3 * n / max(1, len(pooled))))
     with torch.no_grad():
-        for k in summ["converged"]:
+        for k in pooled:
             flow = run.load_flow(k).to(dev)
             got = []
             while sum(x.shape[0] for x in got) < per:
@@ -253,6 +254,7 @@ def main(argv=None) -> int:
             "redshift": run.config["train"]["redshift"],
             "entropy": run.config["train"].get("entropy", 0.0),
             "converged": summ["converged"],
+            "kept": pooled,
             "member_seconds": summ["member_seconds"],
             "selected_fraction_of_population": float(sel.mean()),
         },
@@ -269,7 +271,7 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(res, indent=1))
     else:
-        print(f"members converged {summ['converged']}, seconds per member {summ['member_seconds']}")
+        print(f"members converged {summ['converged']}, pooled {pooled}, seconds per member {summ['member_seconds']}")
         for name, r in rec.items():
             tgt = f" (target <= {r['target']})" if r["target"] is not None else ""
             print(

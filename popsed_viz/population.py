@@ -55,7 +55,8 @@ def member_mask(members: np.ndarray, choice: str, pooled_members: list[int] | No
 
 
 def converged_members(summary: dict | None) -> list[int] | None:
-    """Members marked converged in summary.json (None: pool everything)."""
+    """Members pooled in summary.json: ``kept`` where the summary has it, else (older summaries, where the
+    pooled members were the ones marked ``converged``) the status (None: pool everything)."""
     if not isinstance(summary, dict):
         return None
     members = summary.get("members")
@@ -67,7 +68,7 @@ def converged_members(summary: dict | None) -> list[int] | None:
     for i, m in enumerate(members):
         if not isinstance(m, dict):
             continue
-        if m.get("status", "converged") == "converged":
+        if m.get("kept", m.get("status", "converged") == "converged"):
             keep.append(int(m.get("member", i)))
     return keep or None
 

@@ -10,13 +10,13 @@ import torch
 
 from engine.errors import ModelFileError, PopsedError
 from engine.population.bounds import BoxBijection
+from engine.population.config import TrainConfig
+from engine.population.convergence import ensemble_report, plateau
 from engine.population.flow import FlowConfig, PopulationFlow
 from engine.population.losses import BlurSchedule, SinkhornLoss, sliced_wasserstein
 from engine.population.noise import NoiseModel, asinh_mag, pogson_mag
-from engine.population.selection import SelectionError, check_cuts, parse_selection, selection_mask
-from engine.population.config import TrainConfig
 from engine.population.objective import whitening_matrix
-from engine.population.trainer import ensemble_report
+from engine.population.selection import SelectionError, check_cuts, parse_selection, selection_mask
 
 SPS_BOUNDS = torch.tensor([[0, 0.65], [7, 13], [0, 1], [0, 1], [0, 1], [0.01, 13.27], [0, 1], [-2.3, 0.4],
                            [-3, 1], [0, 3], [0, 3]], dtype=torch.float32)
@@ -374,18 +374,83 @@ def test_optical_only_note():
 
 
 def test_ensemble_report():
+    # which members are pooled: the ensemble-relative rule (1.5x the best member's loss, no divergence)
     rows = [{"member": 0, "status": "converged", "best_val_loss": 0.10},
             {"member": 1, "status": "converged", "best_val_loss": 0.12},
             {"member": 2, "status": "converged", "best_val_loss": 0.50},
             {"member": 3, "status": "converged", "best_val_loss": None},
             {"member": 4, "status": "diverged", "best_val_loss": 0.09}]
     rep = ensemble_report(rows, 1.5, 0.08)
-    assert rep["converged"] == [0, 1] and rep["dropped"] == [2, 3, 4]
+    assert rep["kept"] == [0, 1] and rep["dropped"] == [2, 3, 4]
+    assert [m["kept"] for m in rep["members"]] == [True, True, False, False, False]
+    # without validation histories no plateau can be judged: none converged
+    assert rep["converged"] == []
     assert [m["status"] for m in rep["members"]] == [
-        "converged",
-        "converged",
+        "not_converged",
+        "not_converged",
         "not_converged",
         "diverged",
         "diverged",
     ]
     assert all("note" in m for m in rep["members"] if m["status"] != "converged")
+    assert "not pooled" in rep["members"][2]["note"] and "not pooled" not in rep["members"][0]["note"]
+
+
+def _history(curve, steps=300, every=10):
+    return [(i, curve(i)) for i in range(0, steps, every)] + [(steps - 1, curve(steps - 1))]
+
+
+def test_plateau_at_the_noise_floor_is_converged():
+    floor = 0.2
+    rng = np.random.default_rng(0)
+    noise = {i: 0.01 * rng.standard_normal() for i in range(300)}
+    flat = _history(lambda i: floor * (1.15 + 3.0 * np.exp(-i / 30.0)) * (1 + noise[i]))
+    rows = [{"member": 0, "status": "converged", "best_val_loss": flat[-1][1]}]
+    rep = ensemble_report(rows, 1.5, floor, histories={0: flat}, steps=300)
+    m = rep["members"][0]
+    assert m["status"] == "converged" and m["kept"] and rep["converged"] == [0], m
+    assert m["floor_ratio"] <= 1.2 and abs(m["plateau"]) < 0.02 and "note" not in m
+
+
+def test_high_or_still_falling_loss_is_not_converged():
+    floor = 0.24
+    # flat but far above the floor
+    high = _history(lambda i: 125.0)
+    # at the floor's level but still falling fast over the last third
+    falling = _history(lambda i: floor * (1.0 + 8.0 * np.exp(-i / 150.0)))
+    rows = [{"member": 0, "status": "converged", "best_val_loss": 125.0},
+            {"member": 1, "status": "converged", "best_val_loss": falling[-1][1]}]
+    rep = ensemble_report(rows, 1e6, floor, histories={0: high, 1: falling}, steps=300)
+    m0, m1 = rep["members"]
+    assert m0["status"] == m1["status"] == "not_converged" and rep["kept"] == [0, 1] and rep["converged"] == []
+    assert "x the noise floor" in m0["note"] and "still decreasing" not in m0["note"]
+    assert "still decreasing by" in m1["note"] and m1["plateau"] > 0.02
+
+
+def test_plateau_needs_eight_validations_in_the_last_third():
+    # the last third of 30 steps: steps 20..29; medians of the earlier and the later four validations
+    hist = [(0, 9.0), (10, 5.0)] + [(s, 2.0) for s in range(20, 24)] + [(s, 1.0) for s in range(26, 30)]
+    assert plateau(hist, 30) == pytest.approx(0.5)
+    assert plateau(hist[:-1], 30) is None
+    assert plateau([(0, 3.0), (20, 2.0), (25, 1.9), (29, 1.0)], 30) is None
+
+
+def test_summary_of_a_run_written_before_kept_and_the_floor_ratio():
+    from engine.population.cli import complete_line, format_summary
+
+    old = {"format_version": 1, "status": "complete", "noise_floor": 0.24, "converged": [0], "dropped": [1],
+           "members": [{"member": 0, "status": "converged", "best_val_loss": 0.3, "best_step": 29},
+                       {"member": 1, "status": "not_converged", "best_val_loss": 0.9, "note": "above 1.5x"}],
+           "notes": [], "percentiles": {"z": {"p16": 0.1, "p50": 0.2, "p84": 0.3}}, "n_population": 10}
+    text = format_summary(old)
+    assert "noise floor (val vs train): 0.24" in text and "0: converged" in text and "(above 1.5x)" in text
+    assert "  pooled" not in text and "x floor" not in text
+    new = dict(old, converged=[], kept=[0], converge_floor=2.0, plateau_tol=0.02,
+               members=[dict(old["members"][0], status="not_converged", kept=True, floor_ratio=1.25, plateau=0.12,
+                             note="still decreasing by 12% over the last third of training (plateau: < 2%)"),
+                        dict(old["members"][1], kept=False, floor_ratio=3.75, plateau=0.0)])
+    text = format_summary(new)
+    assert "0: not_converged  pooled" in text and "1.25x floor" in text and "last-third decrease 12.0%" in text
+    assert "1: not_converged  not pooled" in text and "<= 2x the noise floor" in text
+    assert complete_line("R", new) == "run complete: R (2 members: 0 converged, 2 not converged; 1 left out of the " \
+                                       "population — see popsed summary R)"

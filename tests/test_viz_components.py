@@ -204,6 +204,10 @@ def test_helpers():
     assert converged_members({"members": [{"member": 0, "status": "converged"},
                                           {"member": 1, "status": "diverged"}]}) == [0]
     assert converged_members(None) is None
+    # summaries with "kept": the pooled members are the kept ones, converged or not
+    assert converged_members({"members": [{"member": 0, "status": "not_converged", "kept": True},
+                                          {"member": 1, "status": "not_converged", "kept": False},
+                                          {"member": 2, "status": "converged", "kept": True}]}) == [0, 2]
 
 
 def test_dashboard_upload_and_fit_guards(tmp_path, run):

@@ -76,14 +76,19 @@ def iter_fit(catalog, out, config: TrainConfig | None = None, options: FitOption
         raise PopsedError(f"TrainConfig fields given both in config and as keywords: {', '.join(sorted(cfg_kwargs))}")
     tune_cpu_allocator()
     dev = resolve_device(options.device)
-    rd = RunDir.open(Path(out), options.resume, options.overwrite)
-    p = None
+    RunDir.check(out, options.resume, options.overwrite)
+    p = trainer = None
+    if not options.resume:  # every input is checked before anything is written
+        p, trainer, obs = _new_fit(catalog, config, cfg_kwargs, spec, options, dev)
+    try:
+        rd = RunDir.open(Path(out), options.resume, options.overwrite)
+    except BaseException:
+        _close(p)
+        raise
     try:
         if rd.resuming:
             p = resumed_problem(rd, catalog, spec, dev)
-        else:
-            p = new_problem(catalog, config if config is not None else TrainConfig(**cfg_kwargs), spec, options, dev)
-        trainer, obs = build_trainer(p, rd, dev, options.preview_every)
+            trainer, obs = build_trainer(p, rd, dev, options.preview_every)
         states, start = (rd.begin_resume(trainer, p.cfg.members, parallel=options.distributed) if rd.resuming else
                          ({}, rd.begin_new(p.cfg_json, trainer, obs, p.noise, trainer.feat.names(list(p.model.bands)))))
         yield _start_event(rd, trainer, start, dev)
@@ -96,9 +101,25 @@ def iter_fit(catalog, out, config: TrainConfig | None = None, options: FitOption
             yield from run_sequential(rd, trainer, states, previews, options, stop_requested)
         yield _finish(rd, trainer, p, states, failed)
     finally:
-        if p is not None and hasattr(p.cat, "close"):
-            p.cat.close()
+        _close(p)
         rd.close()
+
+
+def _new_fit(catalog, config: TrainConfig | None, cfg_kwargs: dict, spec: FitSpec, options: FitOptions, dev):
+    """The problem, trainer and observed rows of a new fit: the catalog read and checked, the bands, the
+    selection, the forward model and the configuration, before the run directory is created."""
+    p = new_problem(catalog, config if config is not None else TrainConfig(**cfg_kwargs), spec, options, dev)
+    try:
+        trainer, obs = build_trainer(p, None, dev, options.preview_every)
+    except BaseException:
+        _close(p)
+        raise
+    return p, trainer, obs
+
+
+def _close(p: FitProblem | None) -> None:
+    if p is not None and hasattr(p.cat, "close"):
+        p.cat.close()
 
 
 def _start_event(rd: RunDir, trainer: Trainer, start: dict, dev) -> dict:
@@ -114,7 +135,7 @@ def _finish(rd: RunDir, trainer: Trainer, p: FitProblem, states: dict, failed: d
     """Write the results; the ``done`` event."""
     rep = rd.write_results(trainer, p.cfg, p.cfg_json, states, failed)
     done = trainer._stamp({"event": "done", "status": "complete", "converged": rep["converged"],
-                           "dropped": rep["dropped"], **({"failed": sorted(failed)} if failed else {})})
+                           "kept": rep["kept"], "dropped": rep["dropped"], **({"failed": sorted(failed)} if failed else {})})
     rd.history.append(done)
     return done
 
@@ -158,5 +179,6 @@ def _progress(bar, ev):
             post["val"] = f"{ev['val_loss']:.4f}"
         bar.set_postfix(post, refresh=False)
     elif ev["event"] == "member_done" and bar is not None:
-        bar.write(f"member {ev['member']}: {ev['status']}, best validation loss {ev['best_val_loss']} at step {ev['best_step']}")
+        what = "diverged" if ev["status"] == "diverged" else "finished"  # converged or not: decided at the end
+        bar.write(f"member {ev['member']} {what}, kept validation loss {ev['best_val_loss']} at step {ev['best_step']}")
     return bar

@@ -106,9 +106,18 @@ def _cmd_fit(args) -> int:
     except KeyboardInterrupt:
         print(f"popsed fit: interrupted; a checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
         return 130
-    s = run.summary()
-    print(f"run complete: {run.path} (converged members {s['converged']}, dropped {s['dropped']})")
+    print(complete_line(run.path, run.summary()))
     return 0
+
+
+def complete_line(path, s: dict) -> str:
+    """The last line of ``popsed fit``: how many members converged (never "converged" for one that did not)."""
+    members = s.get("members") or []
+    n_conv = sum(1 for m in members if m.get("status") == "converged")
+    dropped = s.get("dropped") or []
+    pooled = f"; {len(dropped)} left out of the population" if dropped else ""
+    return (f"run complete: {path} ({len(members)} member{'s' if len(members) != 1 else ''}: {n_conv} converged, "
+            f"{len(members) - n_conv} not converged{pooled} — see popsed summary {path})")
 
 
 def format_summary(s: dict, cfg: dict | None = None) -> str:
@@ -119,12 +128,21 @@ def format_summary(s: dict, cfg: dict | None = None) -> str:
     lines.append(f"status: {s.get('status')}")
     if s.get("noise_floor") is not None:
         lines.append(f"noise floor (val vs train): {s['noise_floor']:.4g}")
+    if s.get("converge_floor") is not None:
+        lines.append(f"converged: validation loss <= {s['converge_floor']:g}x the noise floor and a decrease "
+                     f"< {s.get('plateau_tol', 0):.0%} over the last third of training")
     lines.append("members:")
     for m in s.get("members", []):
         bits = [f"  {m['member']}: {m.get('status')}"]
+        if "kept" in m:
+            bits.append("pooled" if m["kept"] else "not pooled")
         for key in ("best_val_loss", "final_val_loss", "train_loss"):
             if m.get(key) is not None:
                 bits.append(f"{key} {m[key]:.4g}")
+        if m.get("floor_ratio") is not None:
+            bits.append(f"{m['floor_ratio']:.2f}x floor")
+        if m.get("plateau") is not None:
+            bits.append(f"last-third decrease {m['plateau']:.1%}")
         for key in ("best_step", "step", "seconds"):
             if m.get(key) is not None:
                 bits.append(f"{key} {m[key]}")

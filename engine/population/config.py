@@ -25,6 +25,8 @@ __all__ = ["LEGACY", "LEGACY_BY_FORMAT", "FitOptions", "FitSpec", "TrainConfig",
 #: per run format version: the value of a TrainConfig field for runs of that format written before the field
 #: existed (the default then), so that an old run resumes with the behaviour it was trained with
 LEGACY_BY_FORMAT: dict[int, dict] = {1: {"whiten": 0.0, "best_from": 0.0, "ema": 0.0, "z_weight": 1.0}}
+#: (fields that only change what is reported, ``converge_floor`` and ``plateau_tol``, are not migrated: an old
+#: run is reported with today's definition of convergence, :mod:`engine.population.convergence`)
 #: the migrations of the current format
 LEGACY = LEGACY_BY_FORMAT[FORMAT_VERSION]
 
@@ -65,7 +67,9 @@ class TrainConfig:
     ema: float = 0.98  # decay per step of the flow-weight average used for validation and results (0: off)
     best_from: float = 1.0  # the kept state: best validation at steps >= best_from * (steps - 1); 1: the final state
     obs_cap: int = 50000
-    converge_factor: float = 1.5
+    converge_factor: float = 1.5  # members kept (pooled): validation loss <= this x the ensemble's best
+    converge_floor: float = 2.0  # converged: validation loss <= this x the noise floor (convergence.ensemble_report)
+    plateau_tol: float = 0.02  # converged: validation loss decreased by < this over the last third (convergence.plateau)
     diverge_nonfinite: int = 25
     population_samples: int = 10000
     seed: int = 0
@@ -82,6 +86,18 @@ class TrainConfig:
             raise PopsedError("members and steps must be >= 1 and batch >= 2")
         if self.lr_schedule not in ("onecycle", "constant"):
             raise PopsedError(f"unknown lr schedule {self.lr_schedule!r}")
+        if not self.lr > 0:
+            raise PopsedError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.noise_ramp <= 1.0:
+            raise PopsedError(f"noise_ramp must be in [0, 1] (a fraction of training), got {self.noise_ramp}")
+        if not self.val_every >= 1:
+            raise PopsedError(f"val_every must be >= 1 (steps), got {self.val_every}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise PopsedError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not self.entropy >= 0:
+            raise PopsedError(f"entropy must be >= 0, got {self.entropy}")
+        if not self.population_samples >= 1:
+            raise PopsedError(f"population_samples must be >= 1, got {self.population_samples}")
         if not 0.0 <= self.best_from <= 1.0:
             raise PopsedError(f"best_from must be in [0, 1] (a fraction of training), got {self.best_from}")
         if not 0.0 <= self.ema < 1.0:
@@ -91,6 +107,12 @@ class TrainConfig:
         self.whiten = float(self.whiten)
         if not 0.0 <= self.whiten <= 1.0:
             raise PopsedError(f"whiten must be in [0, 1] (the share of whitened projections), got {self.whiten}")
+        if not self.converge_floor >= 1.0:
+            raise PopsedError(f"converge_floor must be >= 1 (a multiple of the noise floor), got {self.converge_floor}")
+        if not self.plateau_tol >= 0.0:
+            raise PopsedError(f"plateau_tol must be >= 0 (a relative decrease), got {self.plateau_tol}")
+        if not self.converge_factor >= 1.0:
+            raise PopsedError(f"converge_factor must be >= 1, got {self.converge_factor}")
         if self.noise_shape not in ("linear", "reference"):
             raise PopsedError(f"unknown noise ramp shape {self.noise_shape!r}")
 
@@ -187,6 +209,22 @@ class FitOptions:
     stream: str | bool = "auto"
     stream_options: dict | None = None
     progress: bool = False
+
+    def __post_init__(self):
+        if self.resume and self.overwrite:
+            raise PopsedError("--resume and --overwrite exclude each other")
+        if not self.checkpoint_every >= 1:
+            raise PopsedError(f"checkpoint_every must be >= 1 (steps), got {self.checkpoint_every}")
+        if not self.checkpoint_seconds > 0:
+            raise PopsedError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}")
+        if not self.preview_every >= 0:
+            raise PopsedError(f"preview_every must be >= 0 (0: no previews), got {self.preview_every}")
+        if not self.retries >= 0:
+            raise PopsedError(f"retries must be >= 0, got {self.retries}")
+        if self.workers is not None and not self.workers >= 1:
+            raise PopsedError(f"workers must be >= 1, got {self.workers}")
+        if self.stream not in ("auto", "on", "off", "yes", "no", "always", "never", True, False, None):
+            raise PopsedError(f"stream must be auto, on or off, got {self.stream!r}")
 
     @property
     def distributed(self) -> bool:

@@ -145,14 +145,15 @@ def _map_band(band, cat_bands, model_bands):
     return band
 
 
-def build_trainer(p: FitProblem, rd: RunDir, dev: torch.device, preview_every: int) -> tuple[Trainer, Observed]:
+def build_trainer(p: FitProblem, rd: RunDir | None, dev: torch.device, preview_every: int) -> tuple[Trainer, Observed]:
     """The observed rows and the trainer of problem ``p`` (its cuts renamed to the model's bands, and its
-    noise model fitted in the streaming pass of a new streamed fit)."""
+    noise model fitted in the streaming pass of a new streamed fit).  ``rd``: the run being resumed, None
+    for a new run (whose trainer is built, so that all its inputs are checked, before anything is written)."""
     model, cfg = p.model, p.cfg
     bands = tuple(model.bands)
     p.cuts = [type(c)(_map_band(c.band, p.cat.bands, bands), c.op, c.value) for c in p.cuts]
     if p.stream is not None:
-        if rd.resuming:
+        if rd is not None and rd.resuming:
             obs = rd.read_observed(bands, p.cfg_json)
         else:
             obs, p.noise = prepare_streamed(p.cat, bands, p.cuts, cfg, p.stream)

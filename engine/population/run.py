@@ -331,6 +331,8 @@ class Run:
                 last[e["member"]] = e
             elif e.get("event") == "member_done":
                 members[e["member"]] = {k: e.get(k) for k in ("member", "status", "best_val_loss", "best_step", "final_val_loss", "seconds")}
+                if members[e["member"]]["status"] == "converged":  # the event's value: finished, not yet judged
+                    members[e["member"]]["status"] = "finished"
         out = []
         for k in range(int(cfg.get("members", 0))):
             if k in members:

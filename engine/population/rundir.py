@@ -21,10 +21,12 @@ from engine.errors import RunDirError
 from engine.sps.photometry import load_filter
 
 from .config import TrainConfig
+from .convergence import CONVERGENCE_DEFINITION, ensemble_report
 from .noise import pogson_mag
 from .observed import Observed
 from .run import (
     FORMAT_VERSION,
+    RUN_FILES,
     History,
     RunLock,
     atomic_torch_save,
@@ -39,7 +41,7 @@ from .run import (
     torch_load,
     truncate_events,
 )
-from .trainer import MemberState, Trainer, cpu_state, ensemble_report
+from .trainer import MemberState, Trainer, cpu_state
 
 __all__ = ["UV_EDGE_AA", "RunDir", "optical_only_note", "summary_dict", "versions"]
 
@@ -60,32 +62,56 @@ class RunDir:
         self.resuming = resuming
         self.history = History(self.path / "history.jsonl")
 
-    @classmethod
-    def open(cls, out, resume: bool = False, overwrite: bool = False) -> RunDir:
+    @staticmethod
+    def check(out, resume: bool = False, overwrite: bool = False, test_lock: bool = True) -> None:
+        """Raise unless :meth:`open` may open ``out`` (with ``resume``: it holds a run; without: it does not
+        exist, is empty, holds only the empty ``checkpoints/`` and ``flows/`` of a start that failed, or,
+        with ``overwrite``, only run files).  Creates nothing (a stale ``run.lock`` of a killed writer is
+        tested and removed)."""
         out = Path(out)
+        if resume and overwrite:
+            raise RunDirError("--resume and --overwrite exclude each other")
         if out.exists() and not out.is_dir():
             raise RunDirError(f"{out} exists and is not a directory")
+        if test_lock and (out / "run.lock").exists():
+            RunLock(out).acquire().release()  # raises naming the pid when another process writes into the run
+        if resume:
+            if not is_run_dir(out):
+                where = "does not exist" if not out.exists() else "holds no popsed run (no config.json)"
+                raise RunDirError(f"nothing to resume: {out} {where}; start the fit without --resume")
+            return
+        entries = [p for p in out.iterdir() if p.name != "run.lock" and not p.name.startswith(".")] if out.is_dir() else []
+        if all(p.name in ("checkpoints", "flows") and p.is_dir() and not any(p.iterdir()) for p in entries):
+            return  # empty, or the leftovers of a start that failed before writing anything
+        if overwrite:
+            check_overwritable(out)
+        elif is_run_dir(out):
+            raise RunDirError(f"run directory {out} already exists; use --resume to continue it or --overwrite to replace it")
+        elif any(p.name not in RUN_FILES for p in entries):
+            names = sorted(p.name for p in entries if p.name not in RUN_FILES)
+            raise RunDirError(f"{out} is not empty and is not a popsed run directory (it holds {', '.join(names[:5])}); "
+                              f"choose another --out")
+        else:
+            raise RunDirError(f"{out} holds files of a fit that never started (no config.json); use --overwrite to replace them")
+
+    @classmethod
+    def open(cls, out, resume: bool = False, overwrite: bool = False) -> RunDir:
+        """Create (or, with ``resume``, continue; with ``overwrite``, clear) run directory ``out`` and lock it
+        (:meth:`check` says what is refused)."""
+        out = Path(out)
+        cls.check(out, resume, overwrite)
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out).acquire()
         try:
-            existing = [p for p in out.iterdir() if p.name != "run.lock" and not p.name.startswith(".")]
-            resuming = False
-            if existing:
-                if resume and is_run_dir(out):
-                    resuming = True
-                elif overwrite:
-                    check_overwritable(out)
-                    clear_run_files(out)
-                elif resume:
-                    raise RunDirError(f"{out} has no config.json: nothing to resume (use --overwrite to start afresh)")
-                else:
-                    raise RunDirError(f"run directory {out} already exists; use --resume to continue it or --overwrite to replace it")
+            cls.check(out, resume, overwrite, test_lock=False)  # again, now that no other writer can change it
+            if not resume:
+                clear_run_files(out)
             (out / "checkpoints").mkdir(exist_ok=True)
             (out / "flows").mkdir(exist_ok=True)
         except BaseException:
             lock.release()
             raise
-        return cls(out, lock, resuming)
+        return cls(out, lock, resume)
 
     def close(self) -> None:
         self.history.close()
@@ -230,20 +256,30 @@ class RunDir:
         atomic_write_parquet(self.path / "preview.parquet", {k: np.concatenate(v) for k, v in cols.items()})
 
     # ------------------------------------------------------------------ results
+    def validation_histories(self) -> dict[int, list[tuple[int, float]]]:
+        """Member -> its ``(step, validation loss)`` pairs, from ``history.jsonl``."""
+        out: dict[int, list] = {}
+        for e in read_history(self.path / "history.jsonl"):
+            if e.get("event") == "step" and e.get("val_loss") is not None:
+                out.setdefault(int(e["member"]), []).append((int(e["step"]), float(e["val_loss"])))
+        return out
+
     def write_results(self, trainer: Trainer, cfg: TrainConfig, cfg_json: dict, states: dict,
                       failed: dict[int, str]) -> dict:
-        """``population.parquet`` (the converged members) and ``summary.json``; returns the ensemble report."""
+        """``population.parquet`` (the kept members) and ``summary.json``; returns the ensemble report
+        (:func:`engine.population.convergence.ensemble_report`)."""
         for k in range(cfg.members):
             if k not in failed and (k not in states or states[k].best_flow is None):
                 states[k] = trainer.load_member(torch_load(self._checkpoint(k), "checkpoint"))
         rep = ensemble_report([_member_row(k, states.get(k), failed) for k in range(cfg.members)],
-                              cfg.converge_factor, trainer.noise_floor)
+                              cfg.converge_factor, trainer.noise_floor, converge_floor=cfg.converge_floor,
+                              plateau_tol=cfg.plateau_tol, histories=self.validation_histories(), steps=cfg.steps)
         for row in rep["members"]:
             if row["member"] in failed:
                 row["status"] = "failed"
                 row["note"] = f"task failed on the cluster: {failed[row['member']]}"
         pop_cols: dict[str, list] = {}
-        for k in rep["converged"]:
+        for k in rep["kept"]:
             for name, v in trainer.population(states[k]).items():
                 pop_cols.setdefault(name, []).append(v)
         pop = {name: np.concatenate(v) for name, v in pop_cols.items()}
@@ -325,7 +361,11 @@ def summary_dict(cfg_json: dict, rep: dict, pop: dict, trainer: Trainer, param_n
     pct = _percentiles(pop, names) if pop else {}
     notes = []
     if rep["dropped"]:
-        notes.append(f"members {rep['dropped']} did not converge and are not in population.parquet")
+        notes.append(f"members {rep['dropped']} are not in population.parquet (diverged, or validation loss above "
+                     f"{trainer.cfg.converge_factor:g}x the ensemble's best)")
+    unconverged = [m["member"] for m in rep["members"] if m["status"] != "converged"]
+    if unconverged:
+        notes.append(f"members {unconverged} did not converge (see their notes): the population is not final")
     optical = optical_only_note(cfg_json.get("bands", []))
     if optical:
         notes.append(optical)
@@ -334,9 +374,13 @@ def summary_dict(cfg_json: dict, rep: dict, pop: dict, trainer: Trainer, param_n
         "status": "complete",
         "members": rep["members"],
         "converged": rep["converged"],
+        "kept": rep["kept"],
         "dropped": rep["dropped"],
         "notes": notes,
         "noise_floor": trainer.noise_floor,
+        "convergence_definition": CONVERGENCE_DEFINITION,
+        "converge_floor": float(trainer.cfg.converge_floor),
+        "plateau_tol": float(trainer.cfg.plateau_tol),
         "noise_floor_definition": "sliced Wasserstein distance (fixed directions) between the validation and training rows of the catalog, in the loss's standardised space",
         "val_loss_definition": "sliced Wasserstein distance (fixed directions) between predicted (full noise, selected) and validation rows",
         "n_population": int(len(pop["member"])) if pop else 0,

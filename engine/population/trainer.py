@@ -38,6 +38,7 @@ import torch
 from engine.errors import PopsedError
 
 from .config import TrainConfig
+from .convergence import ensemble_report  # noqa: F401  (re-exported: its former home)
 from .flow import PopulationFlow
 from .noise import NoiseModel, pogson_mag
 from .objective import Featurizer, Objective
@@ -347,6 +348,8 @@ class Trainer:
     def finish_member(self, ms: MemberState) -> dict:
         ms.finished = True
         if ms.status != "diverged":
+            # "converged" here only means finished with a finite validation loss (the value of the format's
+            # member_done event); whether the member converged is decided at the end (:mod:`.convergence`)
             ok = math.isfinite(ms.best_val) and ms.best_flow is not None
             ms.status = "converged" if ok else "diverged"
         return self._stamp({"event": "member_done", "member": ms.member, "status": ms.status,
@@ -396,36 +399,3 @@ class Trainer:
             out[f"mag_{b}"] = mags[:, j]
         out["selected"] = sel.cpu().numpy().astype(bool)
         return out
-
-
-def ensemble_report(members: list[dict], converge_factor: float, noise_floor: float) -> dict:
-    """Decide which members converged: finite best validation loss at most ``converge_factor`` times the
-    best member's, and not flagged as diverged during training (non-finite losses).
-
-    Status per member: ``converged``; ``not_converged`` (finite, but above the threshold); ``diverged``
-    (non-finite losses, or no finite validation loss).  Only ``converged`` members are kept."""
-    vals = [m["best_val_loss"] for m in members if m.get("best_val_loss") is not None and m.get("status") != "diverged"]
-    best = min(vals) if vals else None
-    out = []
-    for m in members:
-        v = m.get("best_val_loss")
-        st = "diverged"
-        note = None
-        if v is None or not math.isfinite(v):
-            note = "no finite validation loss"
-        elif m.get("status") == "diverged":
-            note = "diverged during training (non-finite losses)"
-        else:
-            thr = converge_factor * best
-            if v <= thr:
-                st = "converged"
-            else:
-                st = "not_converged"
-                note = f"best validation loss {v:.4g} > {thr:.4g} (ensemble best {best:.4g}, noise floor {noise_floor:.4g})"
-        r = dict(m)
-        r["status"] = st
-        if note:
-            r["note"] = note
-        out.append(r)
-    return {"members": out, "converged": [m["member"] for m in out if m["status"] == "converged"],
-            "dropped": [m["member"] for m in out if m["status"] != "converged"]}
