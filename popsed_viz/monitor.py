@@ -82,6 +82,7 @@ class TrainingMonitor(RunView):
         self._member_steps: dict[int, int] = {}
         self._recent: list[tuple[float, int]] = []  # (event time, cumulative steps)
         self._last_wall = None
+        self.noise_floor: float | None = None  # from the start event
         super().__init__(run, **params)
         self.refresh()
 
@@ -139,6 +140,8 @@ class TrainingMonitor(RunView):
                     self._expected = 0
                 self.phase = "running"
                 self.loss_name = str(ev.get("loss") or "")
+                floor = ev.get("noise_floor")
+                self.noise_floor = float(floor) if isinstance(floor, (int, float)) and floor > 0 else None
             elif kind == "member_done":
                 try:
                     self._member_status[int(ev.get("member", -1))] = ev
@@ -146,6 +149,7 @@ class TrainingMonitor(RunView):
                     pass
             elif kind == "done":
                 self.phase = "done"
+                self._final_status()
         df = steps_frame(events)
         if len(df):
             self.buffer.send(df)
@@ -196,6 +200,17 @@ class TrainingMonitor(RunView):
         if new:
             self.param.update(**new)
 
+    def _final_status(self) -> None:
+        """Each member's status as the finished run judged it (summary.json: converged against the noise
+        floor and a plateau, or not, and why)."""
+        summary = self.reader.summary() if self.reader is not None else None
+        for m in (summary or {}).get("members", []):
+            try:
+                k = int(m["member"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._member_status[k] = {**self._member_status.get(k, {}), **m, "final": True}
+
     def _members_text(self):
         if not self._member_status:
             self.members_text = ""
@@ -207,13 +222,15 @@ class TrainingMonitor(RunView):
             bv = ev.get("best_val_loss")
             bvs = f"{bv:.4g}" if isinstance(bv, (int, float)) else "—"
             at = f" at step {ev['best_step']}" if isinstance(ev.get("best_step"), int) else ""
-            status = f"**{status}**" if status == "converged" else f"**⚠ {status}**"
-            parts.append(f"member {k}: {status}, best val. loss {bvs}{at}")
+            if not ev.get("final"):  # a member_done event: the member finished; the run judges it at the end
+                status = "finished" if status == "converged" else status
+            status = f"**{status}**" if status in ("converged", "finished") else f"**⚠ {status.replace('_', ' ')}**"
+            note = f" ({ev['note']})" if ev.get("final") and ev.get("note") else ""
+            parts.append(f"member {k}: {status}, best val. loss {bvs}{at}{note}")
         self.members_text = "  \n".join(parts)
 
     # ----------------------------------------------------------------- plots
-    @staticmethod
-    def _loss_overlay(data: pd.DataFrame):
+    def _loss_overlay(self, data: pd.DataFrame):
         xd, yd = hv.Dimension("step"), hv.Dimension("loss", label="loss (OT distance)")
         curves = []
         if data is None or len(data) == 0:  # explicit range: a log axis cannot autorange nothing
@@ -234,6 +251,12 @@ class TrainingMonitor(RunView):
         ys = np.concatenate(ys) if ys else np.array([])
         if not ys.size:
             return hv.Overlay(curves).opts(ylim=(1e-3, 10), yticks=log_ticks(1e-3, 10))
+        floor = getattr(self, "noise_floor", None)
+        if floor:  # the loss of the catalog's validation rows against its training rows: where a fit can get
+            steps = data["step"].to_numpy()
+            curves.append(hv.Curve(([float(steps.min()), float(steps.max())], [floor, floor]), xd, yd,
+                                   label="noise floor").opts(color="black", line_dash="dashed", line_width=1.5))
+            ys = np.append(ys, floor)
         # an explicit positive range (the log axis then never autoranges through zero), labelled at 1-2-5
         lo, hi = float(ys.min()) / 1.25, float(ys.max()) * 1.25
         return hv.Overlay(curves).opts(ylim=(lo, hi), yticks=log_ticks(lo, hi))

@@ -115,6 +115,29 @@ def test_training_monitor_streams_new_lines(tmp_path):
     assert m.refresh() and m.n_steps == 21
 
 
+def test_training_monitor_shows_the_noise_floor_and_honest_status(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", members=2, steps=10)
+    lines = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    lines[0]["noise_floor"] = 0.24
+    (run / "history.jsonl").write_text("".join(json.dumps(ev) + "\n" for ev in lines))
+    (run / "summary.json").write_text(json.dumps({"members": [
+        {"member": 0, "status": "not_converged", "best_val_loss": 1.85,
+         "note": "validation loss 1.85 is 7.7x the noise floor 0.24"},
+        {"member": 1, "status": "converged", "best_val_loss": 0.26}]}))
+    m = TrainingMonitor(run)
+    assert m.noise_floor == 0.24
+    overlay = m._loss_overlay(m.buffer.data)
+    floor = [c for c in overlay if c.label == "noise floor"]
+    assert len(floor) == 1 and set(floor[0].dimension_values(1)) == {0.24}
+    assert "member 0: **⚠ not converged**" in m.members_text and "7.7x the noise floor" in m.members_text
+    assert "member 1: **converged**" in m.members_text
+    # while running, a member_done event only says the member finished
+    (run / "summary.json").unlink()
+    (run / "history.jsonl").write_text("".join(json.dumps(ev) + "\n" for ev in lines[:-1]))
+    m = TrainingMonitor(run)
+    assert "converged" not in m.members_text and m.members_text.count("**finished**") == 2
+
+
 def test_training_monitor_follows_a_restarted_run(tmp_path):
     run = write_synthetic_run(tmp_path / "run", members=1, steps=10)
     m = TrainingMonitor(run)
