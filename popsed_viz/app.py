@@ -39,6 +39,8 @@ __all__ = ["Dashboard", "discover_runs", "drop_remote_fonts", "serve_session", "
 
 
 CATALOG_SUFFIXES = (".ecsv", ".csv", ".fits", ".fit", ".parquet", ".pq", ".h5", ".hdf5")
+#: Units offered for flux columns that carry none ("": the file's own units; see docs/catalogs.md)
+FLUX_UNITS = ["", "nanomaggy", "maggy", "nJy", "uJy", "mJy", "Jy"]
 
 
 def drop_remote_fonts() -> None:
@@ -157,6 +159,20 @@ class Dashboard(param.Parameterized):
         self.upload = pn.widgets.FileInput(accept=",".join(CATALOG_SUFFIXES), multiple=False,
                                            sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
+        # how to read the uploaded catalog: the options of `popsed catalog` / `popsed fit` (docs/catalogs.md)
+        self.bands_input = pn.widgets.TextInput(**L("Bands"), placeholder="auto, or sdss2010-u,sdss2010-g,…",
+                                                css_classes=["popsed-bands"], sizing_mode="stretch_width")
+        self.flux_unit_input = pn.widgets.Select(**L("Unit of flux columns without one"), options=FLUX_UNITS,
+                                                 value="", css_classes=["popsed-flux-unit"],
+                                                 sizing_mode="stretch_width")
+        self.selection_input = pn.widgets.TextInput(**L("Selection"), placeholder="the catalog's own, or sdss2010-r<17.77",
+                                                    css_classes=["popsed-selection"], sizing_mode="stretch_width")
+        self.redshift_input = pn.widgets.Select(**L("Redshift"), options=["auto", "observed", "free"], value="auto",
+                                                css_classes=["popsed-redshift"], sizing_mode="stretch_width")
+        self.colmap_upload = pn.widgets.FileInput(accept=".yml,.yaml,.json", multiple=False,
+                                                  sizing_mode="stretch_width")
+        self.colmap_upload.param.watch(self._on_colmap, "value")
+        self._colmap_path: Path | None = None
         self.steps_input = pn.widgets.IntInput(
             css_classes=["popsed-steps"], **L("Steps"), value=DEFAULT_FIT["steps"], start=1, step=50, width=90
         )
@@ -237,6 +253,36 @@ class Dashboard(param.Parameterized):
         self.catalog_choice.value = "upload"
         self._job_say(f"Uploaded `{name}` ({len(event.new) / 1024:.0f} kB). Press *Start fit*.", "info")
 
+    def _on_colmap(self, event):
+        if not event.new:
+            return
+        name = safe_filename(self.colmap_upload.filename)
+        dest = self.runs_dir / "uploads" / name
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(event.new)
+        except OSError as exc:
+            self._job_say(f"Could not save the column map: {exc}", "danger")
+            return
+        self._colmap_path = dest
+        self._job_say(f"Column map `{name}` will be used for the uploaded catalog.", "info")
+
+    def catalog_args(self) -> list[str]:
+        """The ``popsed fit`` options of the catalog widgets (bands, column map, flux unit, selection,
+        redshift); those left at their defaults are not passed."""
+        args: list[str] = []
+        if self.bands_input.value.strip() and self.bands_input.value.strip() != "auto":
+            args += ["--bands", self.bands_input.value.strip()]
+        if self._colmap_path is not None and self.catalog_choice.value == "upload":
+            args += ["--columns", str(self._colmap_path)]
+        if self.flux_unit_input.value:
+            args += ["--flux-unit", self.flux_unit_input.value]
+        if self.selection_input.value.strip():
+            args += ["--selection", self.selection_input.value.strip()]
+        if self.redshift_input.value != "auto":
+            args += ["--redshift", self.redshift_input.value]
+        return args
+
     # -------------------------------------------------------------- run files
     def open_run(self, path) -> None:
         """Show another run directory (bad paths show a message, never raise)."""
@@ -297,7 +343,7 @@ class Dashboard(param.Parameterized):
         self.fit_error = ""
         try:
             self.job = FitJob(catalog, out, steps=self.steps_input.value, members=self.members_input.value,
-                              batch=self.batch_input.value).start()
+                              batch=self.batch_input.value, extra=self.catalog_args()).start()
         except OSError as exc:
             self._job_say(f"Could not start the fit: {exc}", "danger")
             return None
@@ -375,6 +421,9 @@ class Dashboard(param.Parameterized):
             pn.pane.Markdown("### Fit in the background"),
             self.catalog_choice,
             self.upload,
+            pn.Card(self.bands_input, pn.pane.Markdown("Column map (YAML/JSON, docs/catalogs.md)"), self.colmap_upload,
+                    self.flux_unit_input, self.selection_input, self.redshift_input, title="Catalog options",
+                    collapsed=True, sizing_mode="stretch_width", css_classes=["popsed-catalog-options"]),
             pn.Row(self.steps_input, self.members_input, self.batch_input),
             pn.Row(self.start_button, self.stop_button, sizing_mode="stretch_width"),
             self._alert(self.param.job_text, self.param.job_level, "popsed-job"),

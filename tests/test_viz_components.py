@@ -247,3 +247,31 @@ def test_dashboard_upload_and_fit_guards(tmp_path, run):
     assert d.catalog_choice.value == "upload" and "Uploaded" in d.job_text
     d.stop_fit()
     assert "No fit is running" in d.job_text
+
+
+def test_dashboard_catalog_options_become_fit_options(tmp_path):
+    """The upload's catalog options are the options of ``popsed fit`` (column map, flux unit, bands,
+    selection, redshift), and every offered flux unit is one the catalog reader knows."""
+    from engine.catalog.units import flux_unit_factor
+    from popsed_viz.app import FLUX_UNITS
+
+    for unit in FLUX_UNITS[1:]:
+        assert flux_unit_factor(unit) > 0
+    d = Dashboard(None, runs_dir=tmp_path / "runs")
+    assert d.catalog_args() == []  # defaults: nothing passed
+    d.catalog_choice.value = "upload"
+    d.colmap_upload.filename = "map.yml"
+    d.colmap_upload.value = b"bands: {}\n"
+    d.bands_input.value = "sdss2010-u,sdss2010-r"
+    d.flux_unit_input.value = "uJy"
+    d.selection_input.value = "sdss2010-r<17.77"
+    d.redshift_input.value = "free"
+    args = d.catalog_args()
+    saved = tmp_path / "runs" / "uploads" / "map.yml"
+    assert saved.read_bytes() == b"bands: {}\n"
+    assert args == ["--bands", "sdss2010-u,sdss2010-r", "--columns", str(saved), "--flux-unit", "uJy",
+                    "--selection", "sdss2010-r<17.77", "--redshift", "free"]
+    from engine.cli import build_parser
+
+    ns = build_parser(["fit"]).parse_args(["fit", "cat.csv", "--out", "run", *args])  # all valid fit options
+    assert ns.flux_unit == "uJy" and ns.redshift == "free" and ns.columns == str(saved)

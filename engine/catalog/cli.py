@@ -11,10 +11,12 @@ from engine.catalog.model import Catalog
 from engine.catalog.read import read_catalog
 
 
-def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
-    """The catalog options shared by commands that read a catalog."""
-    parser.add_argument("--bands", default="auto",
-                        help="comma-separated speclite band names or ECSV filter files (default: all found)")
+def add_catalog_arguments(parser: argparse.ArgumentParser, bands: bool = True, min_rows: bool = True) -> None:
+    """The catalog options shared by commands that read a catalog (``bands`` / ``min_rows``: whether to add
+    ``--bands`` and ``--min-rows`` too)."""
+    if bands:
+        parser.add_argument("--bands", default="auto",
+                            help="comma-separated speclite band names or ECSV filter files (default: all found)")
     parser.add_argument("--columns", metavar="MAP", default=None,
                         help="YAML/JSON column map (bands → columns, z_spec, flux_unit, table)")
     parser.add_argument("--flux-unit", default=None,
@@ -22,13 +24,15 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extinction", action="append", default=[], metavar="BAND=A",
                         help="Galactic extinction of a band in mag, or BAND=COLUMN; repeatable")
     parser.add_argument("--format", default=None, help="fits, ecsv, csv, hdf5 or parquet (default: suffix)")
-    parser.add_argument("--min-rows", type=int, default=100, help="minimum number of usable galaxies")
+    if min_rows:
+        parser.add_argument("--min-rows", type=int, default=100, help="minimum number of usable galaxies")
 
 
-def catalog_from_args(args: argparse.Namespace, path=None) -> Catalog:
-    """Read the catalog named by parsed :func:`add_catalog_arguments` options."""
+def parse_extinction(items) -> dict[str, Any] | None:
+    """``--extinction BAND=A`` / ``BAND=COLUMN`` options as the ``extinction`` mapping of
+    :func:`~engine.catalog.read_catalog` (None when none is given)."""
     ext: dict[str, Any] = {}
-    for item in getattr(args, "extinction", []) or []:
+    for item in items or []:
         if "=" not in item:
             _fail(f"--extinction expects BAND=A or BAND=COLUMN, got '{item}'")
         b, v = item.split("=", 1)
@@ -36,9 +40,14 @@ def catalog_from_args(args: argparse.Namespace, path=None) -> Catalog:
             ext[b.strip()] = float(v)
         except ValueError:
             ext[b.strip()] = v.strip()
+    return ext or None
+
+
+def catalog_from_args(args: argparse.Namespace, path=None) -> Catalog:
+    """Read the catalog named by parsed :func:`add_catalog_arguments` options."""
     return read_catalog(path if path is not None else args.catalog, bands=args.bands, columns=args.columns,
-                        flux_unit=args.flux_unit, extinction=ext or None, min_rows=args.min_rows,
-                        format=args.format)
+                        flux_unit=args.flux_unit, extinction=parse_extinction(args.extinction),
+                        min_rows=args.min_rows, format=args.format)
 
 
 def add_subparser(subparsers) -> None:

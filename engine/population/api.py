@@ -91,6 +91,8 @@ def iter_fit(catalog, out, config: TrainConfig | None = None, options: FitOption
             trainer, obs = build_trainer(p, rd, dev, options.preview_every)
         states, start = (rd.begin_resume(trainer, p.cfg.members, parallel=options.distributed) if rd.resuming else
                          ({}, rd.begin_new(p.cfg_json, trainer, obs, p.noise, trainer.feat.names(list(p.model.bands)))))
+        if not rd.resuming and p.cfg_json.get("notices"):
+            start["notices"] = list(p.cfg_json["notices"])
         yield _start_event(rd, trainer, start, dev)
         failed: dict[int, str] = {}
         previews: dict[int, dict] = {}
@@ -141,9 +143,10 @@ def _finish(rd: RunDir, trainer: Trainer, p: FitProblem, states: dict, failed: d
 
 
 def fit(catalog, out, config: TrainConfig | None = None, options: FitOptions | None = None,
-        spec: FitSpec | None = None, **kwargs) -> Run:
+        spec: FitSpec | None = None, *, notify=None, **kwargs) -> Run:
     """Run :func:`iter_fit` to the end and return the :class:`Run`.  Same arguments as :func:`iter_fit`;
-    ``progress=True`` (or ``options.progress``) shows a progress bar.
+    ``progress=True`` (or ``options.progress``) shows a progress bar; ``notify``: a callable given each
+    choice the fit made for the user (redshift mode, selection; the ``notices`` of the start event).
 
     In the main thread, the first Ctrl-C stops at the next step boundary with a checkpoint (resume with
     ``resume=True``) and raises ``KeyboardInterrupt``; a second Ctrl-C interrupts at once.
@@ -154,6 +157,9 @@ def fit(catalog, out, config: TrainConfig | None = None, options: FitOptions | N
         it = iter_fit(catalog, out, config, options, spec, stop_requested=lambda: intr.requested, **cfg_kwargs)
         try:
             for ev in it:
+                if notify is not None and ev["event"] == "start":
+                    for notice in ev.get("notices", []):
+                        notify(notice)
                 if options.progress:
                     bar = _progress(bar, ev)
         finally:

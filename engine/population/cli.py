@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from engine.catalog.cli import add_catalog_arguments, parse_extinction
 from engine.errors import PopsedError, RunDirError
 
 from .api import fit
@@ -23,16 +25,22 @@ def add_subparser(sub) -> None:
     p.add_argument("--forward", default="auto",
                    help="emulator | sps | auto (emulator when available, else sps) | MODULE:FACTORY")
     p.add_argument("--emulator", default=None, help="emulator file (default: the packaged one)")
-    p.add_argument("--redshift", choices=("free", "observed"), default="free")
+    add_catalog_arguments(p, bands=False, min_rows=False)
+    p.add_argument("--redshift", choices=("auto", "free", "observed"), default="auto",
+                   help="observed: fit the catalog's spec-z; free: photometric redshifts; auto (default): observed "
+                        "when every row has a spec-z inside the model's redshift range, else free (the choice is "
+                        "printed)")
     p.add_argument("--selection", action="append", default=None,
-                   help="selection cut, e.g. sdss2010-r<19.8 (repeat, or comma-separate, for several)")
+                   help="selection cut, e.g. sdss2010-r<19.8 (repeat, or comma-separate, for several); default: "
+                        "the catalog's own (written by popsed mock), else none -- a catalog that looks "
+                        "magnitude-limited gets a suggestion")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--z-max", type=float, default=0.65, help="upper redshift bound of the SPS (default 0.65)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
     p.add_argument("--noise-ramp", type=float, default=None, help="fraction of training over which noise ramps 0 -> 1")
     p.add_argument("--entropy", type=float, default=None,
-                   help="weight of the maximum-entropy term E_q[log q] (default 0: off). It prefers, among populations "
+                   help="weight of the maximum-entropy term E_q[log q] (default 3e-3; 0: off). It prefers, among populations "
                         "that fit equally well, the least committal one (a uniform prior over the parameter box in "
                         "variational form). Along directions the photometry does not constrain (e.g. grey dust "
                         "against mass with optical bands only) the population stays about as broad as the "
@@ -102,12 +110,22 @@ def _cmd_fit(args) -> int:
                   selection=args.selection, device=args.device, seed=args.seed, resume=args.resume,
                   overwrite=args.overwrite, z_max=args.z_max, checkpoint_every=args.checkpoint_every,
                   progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
-                  retries=args.retries, stream=args.stream, **opts)
+                  retries=args.retries, stream=args.stream, read_options=_read_options(args),
+                  notify=lambda notice: print(f"popsed fit: {notice}", file=sys.stderr), **opts)
     except KeyboardInterrupt:
         print(f"popsed fit: interrupted; a checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
         return 130
     print(complete_line(run.path, run.summary()))
     return 0
+
+
+def _read_options(args) -> dict:
+    """How to read the catalog file: the ``popsed catalog`` options given to ``popsed fit``."""
+    opts = {"columns": args.columns, "flux_unit": args.flux_unit,
+            "extinction": parse_extinction(args.extinction), "format": args.format}
+    if opts["columns"] is not None:
+        opts["columns"] = str(Path(opts["columns"]).resolve())  # --resume may run from elsewhere
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 def complete_line(path, s: dict) -> str:

@@ -24,7 +24,8 @@ __all__ = ["LEGACY", "LEGACY_BY_FORMAT", "FitOptions", "FitSpec", "TrainConfig",
 
 #: per run format version: the value of a TrainConfig field for runs of that format written before the field
 #: existed (the default then), so that an old run resumes with the behaviour it was trained with
-LEGACY_BY_FORMAT: dict[int, dict] = {1: {"whiten": 0.0, "best_from": 0.0, "ema": 0.0, "z_weight": 1.0}}
+LEGACY_BY_FORMAT: dict[int, dict] = {1: {"whiten": 0.0, "best_from": 0.0, "ema": 0.0, "z_weight": 1.0,
+                                         "entropy": 0.0, "redshift": "free"}}
 #: (fields that only change what is reported, ``converge_floor`` and ``plateau_tol``, are not migrated: an old
 #: run is reported with today's definition of convergence, :mod:`engine.population.convergence`)
 #: the migrations of the current format
@@ -56,12 +57,12 @@ class TrainConfig:
     val_draw_factor: float = 2.0
     colours: bool = True
     whiten: float = 0.5  # share of the sliced (and validation) projections drawn whitened (objective.Objective.directions)
-    redshift: str = "free"  # free | observed
+    redshift: str = "auto"  # free | observed | auto (observed when every row has a usable spec-z; choices.py)
     max_draw_factor: float = 8.0
     soft_selection: bool = True
     soft_width: float = 0.05  # floor of the smooth selection width, relative to the flux at the cut
     selection_pull: float = 0.0
-    entropy: float = 0.0  # weight of the -entropy term (maximum-entropy preference among equally good fits)
+    entropy: float = 3e-3  # weight of the -entropy term (maximum-entropy preference among equally good fits)
     entropy_samples: int = 1024
     z_weight: float = 3.0  # weight of the observed-redshift column in the loss (``--redshift observed``)
     ema: float = 0.98  # decay per step of the flow-weight average used for validation and results (0: off)
@@ -80,8 +81,8 @@ class TrainConfig:
             self.flow = FlowConfig.from_dict(self.flow)
         if self.loss not in LOSSES:
             raise PopsedError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        if self.redshift not in ("free", "observed"):
-            raise PopsedError(f"--redshift must be 'free' or 'observed', got {self.redshift!r}")
+        if self.redshift not in ("free", "observed", "auto"):
+            raise PopsedError(f"--redshift must be 'auto', 'free' or 'observed', got {self.redshift!r}")
         if self.members < 1 or self.steps < 1 or self.batch < 2:
             raise PopsedError("members and steps must be >= 1 and batch >= 2")
         if self.lr_schedule not in ("onecycle", "constant"):
@@ -174,7 +175,10 @@ class FitSpec:
     ``bands``: ``"auto"`` (every band of the catalog) or names; ``selection``: e.g. ``"sdss2010-r<19.8"`` or a
     list of cuts; ``forward``: ``auto``/``emulator``/``sps``/``MODULE:FACTORY`` or a forward-model object
     (:class:`~engine.population.forward.ForwardModel`); ``z_max``: the SPS's upper redshift bound;
-    ``emulator_path``: an emulator file instead of the packaged one.
+    ``emulator_path``: an emulator file instead of the packaged one; ``read_options``: how to read the
+    catalog file (``columns``: a column map, ``flux_unit``, ``extinction``, ``format``; the keywords of
+    :func:`engine.catalog.read_catalog`), recorded in the run so that ``--resume`` reads it the same way.
+    Without a selection, the one a catalog carries in its metadata (``popsed mock`` writes it) is used.
     """
 
     bands: Any = "auto"
@@ -182,6 +186,13 @@ class FitSpec:
     forward: Any = "auto"
     z_max: float = 0.65
     emulator_path: Any = None
+    read_options: dict | None = None
+
+    def __post_init__(self):
+        allowed = {"columns", "flux_unit", "extinction", "format"}
+        unknown = sorted(set(self.read_options or {}) - allowed)
+        if unknown:
+            raise PopsedError(f"unknown catalog read option(s) {', '.join(unknown)}: use {', '.join(sorted(allowed))}")
 
 
 @dataclass

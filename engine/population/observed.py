@@ -89,13 +89,15 @@ def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None 
     return Observed(tuple(bands), flux, flux_err, None if z_spec is None else np.asarray(z_spec, dtype=np.float64), split.astype(str), report)
 
 
-def load_catalog(catalog, bands="auto"):
-    """A catalog object (``engine.catalog.Catalog`` or anything with bands/flux/flux_err/z_spec/sha256)."""
+def load_catalog(catalog, bands="auto", read_options: dict | None = None):
+    """A catalog object (``engine.catalog.Catalog`` or anything with bands/flux/flux_err/z_spec/sha256);
+    ``read_options``: keywords of :func:`engine.catalog.read_catalog` (column map, flux unit, extinction,
+    format) for a file."""
     if hasattr(catalog, "flux") and hasattr(catalog, "bands"):
         cat = catalog
     else:
         b = None if bands in (None, "auto") else bands
-        cat = catalog_io.read_catalog(str(catalog), bands=b)
+        cat = catalog_io.read_catalog(str(catalog), bands=b, **(read_options or {}))
     if bands not in (None, "auto"):
         want = [s.strip() for s in bands.split(",")] if isinstance(bands, str) else list(bands)
         missing = [b for b in want if b not in cat.bands]
@@ -117,6 +119,7 @@ class CatalogSubset:
         self.sha256 = cat.sha256
         self.path = getattr(cat, "path", None)
         self.report = getattr(cat, "report", ())
+        self.meta = getattr(cat, "meta", {})
         filters = tuple(getattr(cat, "filters", ()) or ())
         self.filters = tuple(filters[i] for i in idx) if len(filters) == len(cat.bands) else self.bands
 

@@ -4,7 +4,7 @@ for a new run (:func:`new_problem`) or from the ``config.json`` of a run being r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from engine import __version__
 from engine.catalog import check_redshift, open_catalog_stream
 from engine.errors import PopsedError, RunDirError
 
+from .choices import catalog_selection, estimate_selection, resolve_redshift
 from .config import FitOptions, FitSpec, TrainConfig
 from .forward import ForwardModel, is_forward_model, make_forward_model
 from .noise import NoiseModel
@@ -59,11 +60,12 @@ def resumed_problem(rd: RunDir, catalog, spec: FitSpec, dev: torch.device) -> Fi
     cfg = TrainConfig.from_dict(cfg_json["train"], cfg_json["format_version"])
     sopts = StreamOptions.from_dict(cfg_json["stream"]) if "stream" in cfg_json else None
     cat_src = catalog if catalog is not None else cfg_json["catalog"]["path"]
+    read_options = cfg_json["catalog"].get("read_options") or {}
     if sopts is not None:
         cat = open_catalog_stream(str(cat_src), bands=cfg_json.get("catalog_bands", cfg_json["bands"]),
-                                  chunk_rows=sopts.chunk_rows)
+                                  chunk_rows=sopts.chunk_rows, **_stream_read_options(read_options))
     else:
-        cat = load_catalog(cat_src, cfg_json["bands"])
+        cat = load_catalog(cat_src, cfg_json.get("catalog_bands", cfg_json["bands"]), read_options)
     try:
         if cat.sha256 != cfg_json["catalog"]["sha256"]:
             raise RunDirError(f"the catalog's sha256 differs from the one {rd.path} was fitted to; resume needs the same catalog")
@@ -83,11 +85,13 @@ def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions, d
     sopts = StreamOptions.from_dict(options.stream_options) if want_stream(catalog, options.stream) else None
     if sopts is not None:
         want = None if spec.bands in (None, "auto") else spec.bands
-        cat = open_catalog_stream(str(catalog), bands=want, chunk_rows=sopts.chunk_rows)
+        cat = open_catalog_stream(str(catalog), bands=want, chunk_rows=sopts.chunk_rows,
+                                  **_stream_read_options(spec.read_options or {}))
     else:
-        cat = load_catalog(catalog, spec.bands)
+        cat = load_catalog(catalog, spec.bands, spec.read_options)
     try:
-        cuts = parse_selection(spec.selection)
+        notices: list[str] = []
+        cuts = parse_selection(_selection(spec.selection, cat, notices))
         check_cuts(cuts, cat.bands)
         model_bands = list(getattr(cat, "filters", None) or cat.bands)
         custom = is_forward_model(spec.forward)
@@ -97,12 +101,51 @@ def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions, d
             model, fdesc = make_forward_model(spec.forward, model_bands, dev, spec.z_max, spec.emulator_path)
         if len(model.bands) != len(cat.bands):
             raise PopsedError(f"forward model bands {list(model.bands)} do not match the catalog bands {list(cat.bands)}")
+        cfg = _resolve_redshift(cfg, cat, model, sopts is not None, notices)
         noise = None if sopts is not None else NoiseModel.fit(cat.flux, cat.flux_err, tuple(model.bands))
         p = FitProblem(cfg, {}, cat, model, fdesc, model_bands, spec.z_max, noise, cuts, sopts, custom)
         p.cfg_json = _new_config_json(p, dev, options)
+        p.cfg_json["catalog"]["read_options"] = dict(spec.read_options or {})
+        p.cfg_json["notices"] = notices
     except BaseException as exc:
         _close_on_error(cat, exc)
     return p
+
+
+def _stream_read_options(read_options: dict) -> dict:
+    """The read options a streamed catalog takes (its format is Parquet)."""
+    return {k: v for k, v in read_options.items() if k != "format"}
+
+
+def _selection(selection, cat, notices: list[str]):
+    """The selection to apply: the one given, else the catalog's own (its metadata); without either, a
+    notice when the catalog looks magnitude-limited (:func:`~.choices.estimate_selection`)."""
+    if selection is not None:
+        return selection
+    own = catalog_selection(getattr(cat, "meta", None))
+    if own is not None:
+        notices.append(f"selection: {own} (from the catalog's metadata) -- pass --selection to use another")
+        return own
+    if hasattr(cat, "flux"):
+        limit = estimate_selection(np.asarray(cat.flux), cat.bands)
+        if limit is not None:
+            notices.append(limit.notice())
+    return None
+
+
+def _resolve_redshift(cfg: TrainConfig, cat, model: ForwardModel, streamed: bool, notices: list[str]) -> TrainConfig:
+    """``cfg`` with ``redshift="auto"`` resolved against the catalog's spec-z and the model's z range."""
+    if cfg.redshift != "auto":
+        return cfg
+    names = list(model.param_names)
+    bounds = torch.as_tensor(model.bounds).detach().cpu().double()
+    z_range = (float(bounds[names.index("z"), 0]), float(bounds[names.index("z"), 1])) if "z" in names else (0.0, 0.0)
+    mode, notice = resolve_redshift("auto", None if streamed else cat.z_spec, z_range, streamed=streamed)
+    if "z" not in names:
+        mode, notice = "free", None
+    if notice:
+        notices.append(notice)
+    return replace(cfg, redshift=mode)
 
 
 def _new_config_json(p: FitProblem, dev: torch.device, options: FitOptions) -> dict:
