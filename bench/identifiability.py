@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     from engine.population.forward import make_forward_model
     from engine.population.losses import random_directions, sliced_wasserstein
     from engine.population.noise import NoiseModel, pogson_mag
-    from engine.population.selection import parse_selection, selection_mask
     from engine.population.objective import Featurizer
+    from engine.population.selection import parse_selection, selection_mask
     from engine.sps import SPSModel
     from engine.sps.params import param_bounds
 

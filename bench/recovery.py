@@ -69,9 +69,9 @@ def photometric_check(
 
     from engine.population.forward import make_forward_model, resolve_device
     from engine.population.losses import random_directions, sliced_wasserstein
+    from engine.population.objective import Featurizer
     from engine.population.run import Run
     from engine.population.selection import parse_selection, selection_mask
-    from engine.population.objective import Featurizer
 
     run = Run(run_dir)
     cfg = run.config

@@ -84,11 +84,11 @@ def child_step(n: int, batch: int, obs_cap: int | None, reps: int, threads: int,
     import numpy as np
     import torch
 
+    from engine.population.config import TrainConfig
     from engine.population.forward import make_forward_model
     from engine.population.noise import NoiseModel
-    from engine.population.selection import parse_selection
-    from engine.population.config import TrainConfig
     from engine.population.observed import prepare_observed
+    from engine.population.selection import parse_selection
     from engine.population.trainer import Trainer
 
     torch.set_num_threads(threads)

@@ -93,10 +93,10 @@ def _measure(config: str, n: int, reps: int, device: str, threads: int, q):
         torch.set_num_threads(threads)
     import numpy as np
 
-    from engine.population.forward import resolve_device
-    from engine.population.flow import REFERENCE_FLOW, FlowConfig
-    from engine.population.noise import NoiseModel
     from engine.population.config import TrainConfig
+    from engine.population.flow import REFERENCE_FLOW, FlowConfig
+    from engine.population.forward import resolve_device
+    from engine.population.noise import NoiseModel
     from engine.population.observed import prepare_observed
     from engine.population.trainer import Trainer
 

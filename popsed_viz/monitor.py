@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 import time
 
+import holoviews as hv
 import numpy as np
 import pandas as pd
-import holoviews as hv
 import panel as pn
 import param
 from bokeh.models import BasicTickFormatter, PrintfTickFormatter
 
 from popsed_viz import plots as P
 from popsed_viz.base import L, RunView
-from popsed_viz.reader import STEP_COLUMNS, steps_frame
+from popsed_viz.reader import steps_frame
 
 __all__ = ["TrainingMonitor", "format_duration", "steps_per_member_text", "log_ticks"]
 

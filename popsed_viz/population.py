@@ -7,8 +7,8 @@ datashader rasters, so 10⁶ samples stay interactive.
 """
 from __future__ import annotations
 
-import numpy as np
 import holoviews as hv
+import numpy as np
 import panel as pn
 import param
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from conftest import SDSS_BANDS
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -174,10 +175,10 @@ def test_igm_leaves_bands_redward_of_lyman_alpha_untouched_and_dims_the_far_uv()
 def test_igm_keeps_the_linear_decomposition_exact_and_fluxes_smooth_in_z():
     """The emulator's decomposition (basis / burst band luminosities) goes through the same IGM
     transmissions as the fluxes; and u-band fluxes at z ≈ 3 are continuous with finite z-gradients."""
-    from conftest import uniform_theta
-
     from engine.sps import SPSModel
     from engine.sps.params import IDX
+
+    from conftest import uniform_theta
 
     m = SPSModel(["galex-fuv", "sdss2010-u", "sdss2010-g"], dtype=torch.float64, device="cpu", z_max=3.0, igm=True)
     th = uniform_theta(m, 100, seed=4, dtype=torch.float64)

@@ -62,12 +62,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from engine.device import resolve_device
 from engine.emulator.network import InferenceMLP, SpeculatorMLP
 from engine.errors import ModelFileError
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves, bump_strength, tau_ism_at, tau_ism_from_factors
-from engine.device import resolve_device
 from engine.sps.model import DERIVED_NAMES, ln_flux_scale_at, metallicity_nodes
 from engine.sps.params import (
     IDX,

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from engine.device import resolve_device
 from engine.emulator.dataset import sps_training_set, training_burst_age
 from engine.emulator.model import (
     CONSTANTS,
@@ -32,7 +33,6 @@ from engine.emulator.model import (
 )
 from engine.emulator.network import SpeculatorMLP
 from engine.sps import sfh as sfh_mod
-from engine.device import resolve_device
 from engine.sps.model import metallicity_nodes
 from engine.sps.params import DEFAULT_Z_MAX, IDX, N_SFH_BASES
 

@@ -1,13 +1,15 @@
 # How tests/data/old_run_v1 was made, with the code before the population package was split into
 # config/forward/objective/trainer/rundir/execute (run format version 1).  Usage: python make_old_run_v1.py DIR
 
-import json, shutil, sys
+import shutil
+import sys
 from pathlib import Path
+
 import torch
+
 torch.set_num_threads(1)
-from engine.population import iter_fit, fit
+from engine.population import fit, iter_fit
 from engine.population.flow import FlowConfig
-from engine.population.run import read_history
 from engine.population.toy import make_toy_catalog
 
 base = Path(sys.argv[1])
