@@ -254,7 +254,7 @@ def main(argv=None) -> int:
             "redshift": run.config["train"]["redshift"],
             "entropy": run.config["train"].get("entropy", 0.0),
             "converged": summ["converged"],
-            "kept": pooled,
+            "kept": summ.get("kept", summ["converged"]),
             "member_seconds": summ["member_seconds"],
             "selected_fraction_of_population": float(sel.mean()),
         },
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(res, indent=1))
     else:
-        print(f"members converged {summ['converged']}, pooled {pooled}, seconds per member {summ['member_seconds']}")
+        print(f"members converged {summ['converged']}, pooled {res['fit']['kept']}, seconds per member {summ['member_seconds']}")
         for name, r in rec.items():
             tgt = f" (target <= {r['target']})" if r["target"] is not None else ""
             print(
