@@ -17,8 +17,8 @@ def add_subparser(sub) -> None:
                                    "write the run directory RUN (docs/run_format.md).")
     p.add_argument("catalog", help="catalog file (FITS/ECSV/CSV/HDF5/Parquet)")
     p.add_argument("--out", required=True, help="run directory to create (or resume)")
-    p.add_argument("--bands", default="auto", help="auto (every band in the catalog) or B1,B2,... (speclite "
-                                                   "names)")
+    p.add_argument("--bands", default="auto",
+                   help="auto (every band in the catalog) or B1,B2,... (speclite names)")
     p.add_argument("--members", type=int, default=4, help="ensemble size K (default 4)")
     p.add_argument("--steps", type=int, default=1000, help="training steps per member (default 1000)")
     p.add_argument("--batch", type=int, default=4096, help="predicted samples per step (default 4096)")
@@ -39,8 +39,8 @@ def add_subparser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--z-max", type=float, default=0.65, help="upper redshift bound of the SPS (default 0.65)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
-    p.add_argument("--noise-ramp", type=float, default=None, help="fraction of training over which noise "
-                                                                  "ramps 0 -> 1")
+    p.add_argument("--noise-ramp", type=float, default=None,
+                   help="fraction of training over which noise ramps 0 -> 1")
     p.add_argument("--entropy", type=float, default=None,
                    help="weight of the maximum-entropy term E_q[log q] (default 3e-3; 0: off). It prefers, "
                         "among populations that fit equally well, the least committal one (a uniform prior "
@@ -74,8 +74,8 @@ def add_subparser(sub) -> None:
                    help="train the members in parallel on a local dask cluster of N worker processes")
     p.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="train the members on an existing dask.distributed cluster")
-    p.add_argument("--retries", type=int, default=2, help="retries of a failed member task (with "
-                                                          "--workers/--scheduler)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="retries of a failed member task (with --workers/--scheduler)")
     p.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
                    help="stream a Parquet catalog from the file instead of reading it whole "
                         "(auto: above 2 million rows)")
