@@ -170,8 +170,8 @@ class Dashboard(param.Parameterized):
                                                     css_classes=["popsed-selection"],
                                                     sizing_mode="stretch_width")
         self.redshift_input = pn.widgets.Select(**L("Redshift"), options=["auto", "observed", "free"],
-                                                value="auto",
-                                                css_classes=["popsed-redshift"], sizing_mode="stretch_width")
+                                                value="auto", css_classes=["popsed-redshift"],
+                                                sizing_mode="stretch_width")
         self.colmap_upload = pn.widgets.FileInput(accept=".yml,.yaml,.json", multiple=False,
                                                   sizing_mode="stretch_width")
         self.colmap_upload.param.watch(self._on_colmap, "value")

@@ -328,8 +328,7 @@ class TrainingMonitor(RunView):
         bar.value = int(round(self.progress))
         members = pn.pane.Markdown(self.param.members_text, margin=(0, 10))
         return pn.Row(pn.panel(steps), pn.panel(rate), pn.panel(eta),
-                      pn.Column(pn.pane.Markdown("progress"), bar),
-                      members)
+                      pn.Column(pn.pane.Markdown("progress"), bar), members)
 
     def panel(self):
         blur = pn.pane.HoloViews(self.blur_plot(), linked_axes=False, visible=self.uses_blur)

@@ -295,5 +295,4 @@ register_reader("csv", "CSV", (".csv",), _open_csv)
 register_reader("hdf5", "HDF5", (".hdf5", ".h5", ".hdf", ".he5"), _open_hdf5, aliases=("h5", "hdf"),
                 compressed=False)
 register_reader("parquet", "Parquet", (".parquet", ".pq", ".parq"), _open_parquet_file,
-                aliases=("pq", "parq"),
-                compressed=False)
+                aliases=("pq", "parq"), compressed=False)

@@ -303,8 +303,7 @@ class CatalogStream:
         for j, spec in enumerate(self._specs):
             if tally.ok[j] < self.min_fraction * n:
                 _fraction_fail(self.label, spec.name, tally.descs[j], int(tally.ok[j]), n,
-                               tally.reasons_of(j),
-                               self.min_fraction)
+                               tally.reasons_of(j), self.min_fraction)
         if kept < self.min_rows:
             _fail(f"{self.label}: only {kept} usable galaxies (of {n} rows; {n - kept} have no measured "
                   f"band); need at least {self.min_rows}")

@@ -128,8 +128,7 @@ class NoiseModel:
 
     @classmethod
     def fit_stream(cls, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], bands,
-                   n_bins: int = 20,
-                   min_per_bin: int = 20) -> "NoiseModel":
+                   n_bins: int = 20, min_per_bin: int = 20) -> "NoiseModel":
         """:meth:`fit` from a catalog too large for memory: two streaming passes.
 
         ``chunks()`` must return a fresh iterable of ``(flux, flux_err)`` pairs ((n, B) arrays, nanomaggies,

@@ -174,8 +174,7 @@ class StreamingTrainer(Trainer):
     """
 
     def __init__(self, model, observed: Observed, noise: NoiseModel, cuts: list[Cut], cfg: TrainConfig,
-                 device,
-                 stream, options: StreamOptions, z_range: tuple[float, float] | None = None):
+                 device, stream, options: StreamOptions, z_range: tuple[float, float] | None = None):
         super().__init__(model, observed, noise, cuts, cfg, device)
         self.stream = stream
         self.options = options

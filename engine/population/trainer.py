@@ -306,8 +306,7 @@ class Trainer:
             g["lr"] = lr
         n_draw = self._n_draw(ms)
         feats, weights, theta, noisy, n_sel, pen = self.predict(ms.flow, ms.gen, cfg.batch, amp, n_draw,
-                                                                grad=True,
-                                                                pull=cfg.selection_pull)
+                                                                grad=True, pull=cfg.selection_pull)
         if self.cuts:
             ms.accept = 0.8 * ms.accept + 0.2 * (n_sel / n_draw) if i > 0 else max(n_sel / n_draw, 1e-3)
         obs = self._obs_batch(ms.gen)

@@ -268,8 +268,7 @@ class SPSModel:
         if self.nebular:
             g = self.ssp
             self._nebular = NebularComponent(g.wave, g.dlnlam, g.age_edges[:self.n_young + 1], self._win,
-                                             self.filters,
-                                             self.z_max, self.uv_bump, self.device, self.dtype)
+                                             self.filters, self.z_max, self.uv_bump, self.device, self.dtype)
             self._ssp_young_win = self._ssp_young_win * self._nebular.cut_win  # ionising photons absorbed
         if self.igm:
             obs = self.lam_min_edge * np.exp(self.dlnlam * (np.arange(self._j0, self._i1) + 0.5))
