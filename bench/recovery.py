@@ -101,7 +101,8 @@ def photometric_check(
     )
     summ = run.summary()
     preds = []
-    pooled = summ.get("kept", summ["converged"])  # summaries before "kept": the pooled members were "converged"
+    # summaries before "kept": the pooled members were "converged"
+    pooled = summ.get("kept", summ["converged"])
     per = int(np.ceil(3 * n / max(1, len(pooled))))
     with torch.no_grad():
         for k in pooled:
@@ -271,7 +272,8 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(res, indent=1))
     else:
-        print(f"members converged {summ['converged']}, pooled {res['fit']['kept']}, seconds per member {summ['member_seconds']}")
+        print(f"members converged {summ['converged']}, pooled {res['fit']['kept']}, seconds per member "
+              f"{summ['member_seconds']}")
         for name, r in rec.items():
             tgt = f" (target <= {r['target']})" if r["target"] is not None else ""
             print(

@@ -165,7 +165,8 @@ def _measure(config: str, n: int, reps: int, device: str, threads: int, q):
         "flow_parameters": sum(p.numel() for p in ms.flow.parameters()),
     }
     if cfg.loss == "sinkhorn":
-        out["sinkhorn"] = {"p": 1, "blur": 0.002, "scaling": 0.9, "backend": tr.objective.train_loss.fn.backend}
+        out["sinkhorn"] = {"p": 1, "blur": 0.002, "scaling": 0.9,
+                           "backend": tr.objective.train_loss.fn.backend}
     if dev.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     q.put(out)

@@ -34,8 +34,8 @@ from popsed_viz.photometry import PhotometryView
 from popsed_viz.population import PopulationView
 from popsed_viz.reader import RunReader
 
-__all__ = ["Dashboard", "discover_runs", "drop_remote_fonts", "serve_session", "serve_page", "on_server_loaded",
-           "warm_up"]
+__all__ = ["Dashboard", "discover_runs", "drop_remote_fonts", "serve_session", "serve_page",
+           "on_server_loaded", "warm_up"]
 
 
 CATALOG_SUFFIXES = (".ecsv", ".csv", ".fits", ".fit", ".parquet", ".pq", ".h5", ".hdf5")
@@ -165,10 +165,13 @@ class Dashboard(param.Parameterized):
         self.flux_unit_input = pn.widgets.Select(**L("Unit of flux columns without one"), options=FLUX_UNITS,
                                                  value="", css_classes=["popsed-flux-unit"],
                                                  sizing_mode="stretch_width")
-        self.selection_input = pn.widgets.TextInput(**L("Selection"), placeholder="the catalog's own, or sdss2010-r<17.77",
-                                                    css_classes=["popsed-selection"], sizing_mode="stretch_width")
-        self.redshift_input = pn.widgets.Select(**L("Redshift"), options=["auto", "observed", "free"], value="auto",
-                                                css_classes=["popsed-redshift"], sizing_mode="stretch_width")
+        self.selection_input = pn.widgets.TextInput(**L("Selection"),
+                                                    placeholder="the catalog's own, or sdss2010-r<17.77",
+                                                    css_classes=["popsed-selection"],
+                                                    sizing_mode="stretch_width")
+        self.redshift_input = pn.widgets.Select(**L("Redshift"), options=["auto", "observed", "free"],
+                                                value="auto", css_classes=["popsed-redshift"],
+                                                sizing_mode="stretch_width")
         self.colmap_upload = pn.widgets.FileInput(accept=".yml,.yaml,.json", multiple=False,
                                                   sizing_mode="stretch_width")
         self.colmap_upload.param.watch(self._on_colmap, "value")
@@ -421,7 +424,8 @@ class Dashboard(param.Parameterized):
             pn.pane.Markdown("### Fit in the background"),
             self.catalog_choice,
             self.upload,
-            pn.Card(self.bands_input, pn.pane.Markdown("Column map (YAML/JSON, docs/catalogs.md)"), self.colmap_upload,
+            pn.Card(self.bands_input, pn.pane.Markdown("Column map (YAML/JSON, docs/catalogs.md)"),
+                    self.colmap_upload,
                     self.flux_unit_input, self.selection_input, self.redshift_input, title="Catalog options",
                     collapsed=True, sizing_mode="stretch_width", css_classes=["popsed-catalog-options"]),
             pn.Row(self.steps_input, self.members_input, self.batch_input),
@@ -441,7 +445,8 @@ class Dashboard(param.Parameterized):
         )
         self.tabs = tabs
         fit_error = pn.bind(lambda t: pn.pane.Alert(t, alert_type="danger", visible=bool(t), margin=(5, 5),
-                                                    css_classes=["popsed-fit-error"], sizing_mode="stretch_width"),
+                                                    css_classes=["popsed-fit-error"],
+                                                    sizing_mode="stretch_width"),
                             self.param.fit_error)
         return [pn.Column(self._alert(self.param.status_text, self.param.status_level), fit_error, tabs,
                           sizing_mode="stretch_width")]

@@ -87,12 +87,14 @@ class BackgroundFit:
         return self
 
     def stop(self, timeout: float | None = None) -> "BackgroundFit":
-        """Ask the fit to checkpoint and stop at the next step, and wait for it (``popsed fit --resume`` goes on)."""
+        """Ask the fit to checkpoint and stop at the next step, and wait for it (``popsed fit --resume``
+        goes on)."""
         self._stop.set()
         return self.wait(timeout)
 
     def _repr_html_(self) -> str:  # a short status when the handle is the last expression of a cell
-        state = "running" if self.running else ("failed" if self.error else ("stopped" if self.stopped else "done"))
+        state = ("running" if self.running
+                 else ("failed" if self.error else ("stopped" if self.stopped else "done")))
         return f"<code>BackgroundFit({self.out.name}: {state}, {self.monitor.n_steps} steps)</code>"
 
 

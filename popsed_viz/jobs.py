@@ -55,7 +55,8 @@ def new_run_dir(runs_dir: Path, label: str = "fit") -> Path:
 
 
 def fit_command(catalog: str | os.PathLike, out: str | os.PathLike, steps: int | None = None,
-                members: int | None = None, extra: list[str] | None = None, batch: int | None = None) -> list[str]:
+                members: int | None = None, extra: list[str] | None = None,
+                batch: int | None = None) -> list[str]:
     """The command line of a background fit (the project's own ``popsed fit``).
 
     ``$POPSED_APP_FIT_ARGS`` adds options (e.g. ``--loss sinkhorn --device cuda``).
@@ -91,8 +92,10 @@ class FitJob:
         env.setdefault("PYTHONUNBUFFERED", "1")
         log = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=str(REPO_ROOT) if SOURCE_CHECKOUT else None, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL,
+                                         cwd=str(REPO_ROOT) if SOURCE_CHECKOUT else None, env=env,
+                                         start_new_session=True)
         finally:
             log.close()
         self.started = time.time()

@@ -46,7 +46,8 @@ def steps_per_member_text(counts: dict[int, int]) -> str:
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:
-    """Ticks of a log axis from ``lo`` to ``hi`` (> 0): 1-2-5 per decade over up to three decades, else decades.
+    """Ticks of a log axis from ``lo`` to ``hi`` (> 0): 1-2-5 per decade over up to three decades, else
+    decades.
 
     Bokeh's own log ticker labels only whole decades on a short range, which
     leaves a converged loss (0.05-0.5) with one label or none.
@@ -193,7 +194,8 @@ class TrainingMonitor(RunView):
         prog = 100.0 if self.phase == "done" else (
             min(100.0, 100.0 * self.n_steps / self._expected) if self._expected else 0.0)
         def same(a, b):
-            return (a == b) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+            return (a == b) or (isinstance(a, float) and isinstance(b, float)
+                                and math.isnan(a) and math.isnan(b))
 
         new = {k: v for k, v in (("steps_per_s", rate), ("eta_s", eta), ("progress", prog))
                if not same(getattr(self, k), v)}
@@ -224,7 +226,8 @@ class TrainingMonitor(RunView):
             at = f" at step {ev['best_step']}" if isinstance(ev.get("best_step"), int) else ""
             if not ev.get("final"):  # a member_done event: the member finished; the run judges it at the end
                 status = "finished" if status == "converged" else status
-            status = f"**{status}**" if status in ("converged", "finished") else f"**⚠ {status.replace('_', ' ')}**"
+            status = (f"**{status}**" if status in ("converged", "finished")
+                      else f"**⚠ {status.replace('_', ' ')}**")
             note = f" ({ev['note']})" if ev.get("final") and ev.get("note") else ""
             parts.append(f"member {k}: {status}, best val. loss {bvs}{at}{note}")
         self.members_text = "  \n".join(parts)
@@ -255,18 +258,21 @@ class TrainingMonitor(RunView):
         if floor:  # the loss of the catalog's validation rows against its training rows: where a fit can get
             steps = data["step"].to_numpy()
             curves.append(hv.Curve(([float(steps.min()), float(steps.max())], [floor, floor]), xd, yd,
-                                   label="noise floor").opts(color="black", line_dash="dashed", line_width=1.5))
+                                   label="noise floor").opts(color="black", line_dash="dashed",
+                                                             line_width=1.5))
             ys = np.append(ys, floor)
         # an explicit positive range (the log axis then never autoranges through zero), labelled at 1-2-5
         lo, hi = float(ys.min()) / 1.25, float(ys.max()) * 1.25
         return hv.Overlay(curves).opts(ylim=(lo, hi), yticks=log_ticks(lo, hi))
 
     def loss_plot(self, width=760, height=380):
-        """Train (thin) and validation (thick) loss per member, log scale labelled at 1-2-5 (0.05, 0.1, 0.2, ...)."""
+        """Train (thin) and validation (thick) loss per member, log scale labelled at 1-2-5 (0.05, 0.1,
+        0.2, ...)."""
         dm = hv.DynamicMap(self._loss_overlay, streams=[self.buffer])
         return dm.opts(hv.opts.Overlay(title="Loss per member", logy=True, width=width, height=height,
                                        legend_position="right", framewise=True, show_grid=True,
-                                       responsive=False, toolbar="above", yformatter=PrintfTickFormatter(format="%g")),
+                                       responsive=False, toolbar="above",
+                                       yformatter=PrintfTickFormatter(format="%g")),
                        hv.opts.Curve(tools=["hover"]))
 
     @staticmethod
@@ -281,7 +287,8 @@ class TrainingMonitor(RunView):
                 # padded below zero (and HoloViews warns about the log axis)
                 ylim = (float(y.min()) / 1.5, float(y.max()) * 1.5) if logy else (None, None)
                 return hv.Curve((g["step"].to_numpy(), y), xd, yd).opts(title=label, ylim=ylim)
-        title = f"{label} (not used by this loss)" if col == "blur" and data is not None and len(data) else label
+        title = (f"{label} (not used by this loss)" if col == "blur" and data is not None and len(data)
+                 else label)
         return hv.Curve([], xd, yd).opts(ylim=(1e-6, 1) if logy else (0, 1), title=title)
 
     def schedule_plot(self, col: str, label: str, color: str, width=330, height=200, logy=False):
@@ -304,8 +311,9 @@ class TrainingMonitor(RunView):
         def speed(v):
             return f"{v:.2f}" if v is not None and math.isfinite(v) else "—"
 
-        steps = pn.bind(lambda t: pn.indicators.String(**L("steps per member × members"), value=t, font_size="28pt",
-                                                       title_size="11pt", css_classes=["popsed-steps-recorded"]),
+        steps = pn.bind(lambda t: pn.indicators.String(**L("steps per member × members"), value=t,
+                                                       font_size="28pt", title_size="11pt",
+                                                       css_classes=["popsed-steps-recorded"]),
                         self.param.steps_text)
         rate = pn.bind(lambda v: pn.indicators.String(**L("steps / s"), value=speed(v), font_size="28pt",
                                                       title_size="11pt"), self.param.steps_per_s)
@@ -319,12 +327,13 @@ class TrainingMonitor(RunView):
         self.param.watch(_prog, "progress")
         bar.value = int(round(self.progress))
         members = pn.pane.Markdown(self.param.members_text, margin=(0, 10))
-        return pn.Row(pn.panel(steps), pn.panel(rate), pn.panel(eta), pn.Column(pn.pane.Markdown("progress"), bar),
-                      members)
+        return pn.Row(pn.panel(steps), pn.panel(rate), pn.panel(eta),
+                      pn.Column(pn.pane.Markdown("progress"), bar), members)
 
     def panel(self):
         blur = pn.pane.HoloViews(self.blur_plot(), linked_axes=False, visible=self.uses_blur)
-        self.param.watch(lambda e: setattr(blur, "visible", e.new), "uses_blur")  # hidden unless the loss is Sinkhorn
+        # hidden unless the loss is Sinkhorn
+        self.param.watch(lambda e: setattr(blur, "visible", e.new), "uses_blur")
         return pn.Column(
             self._message_pane(),
             self.indicators(),

@@ -16,7 +16,8 @@ from pathlib import Path
 __all__ = ["REPO_ROOT", "SOURCE_CHECKOUT", "APP_DIR", "sample_data_dir", "sample_run_dir", "sample_catalog",
            "pythonpath_with_checkout"]
 
-#: The directory holding ``popsed_viz`` (the repository root in a source checkout, site-packages when installed).
+#: The directory holding ``popsed_viz`` (the repository root in a source checkout, site-packages when
+#: installed).
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: True when running from a source checkout (not an installed wheel).
@@ -30,7 +31,8 @@ SAMPLE_PACKAGE = "popsed_sample_data"
 
 
 def sample_data_dir() -> Path:
-    """The bundled sample data: the installed ``popsed_sample_data`` package, else the checkout's ``sample_data/``."""
+    """The bundled sample data: the installed ``popsed_sample_data`` package, else the checkout's
+    ``sample_data/``."""
     try:  # a namespace package: files() is a MultiplexedPath, whose children are real paths
         run = importlib.resources.files(SAMPLE_PACKAGE).joinpath("run_sdss")
     except (ModuleNotFoundError, TypeError):
@@ -53,7 +55,8 @@ def sample_catalog() -> Path:
 
 
 def pythonpath_with_checkout(env: dict) -> str:
-    """``$PYTHONPATH`` of a child process: the checkout first when running from one (unchanged when installed)."""
+    """``$PYTHONPATH`` of a child process: the checkout first when running from one (unchanged when
+    installed)."""
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if SOURCE_CHECKOUT and str(REPO_ROOT) not in parts:
         parts.insert(0, str(REPO_ROOT))

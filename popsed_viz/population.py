@@ -41,7 +41,8 @@ def member_options(n_members: int) -> list[str]:
     return [POOLED] + [f"member {k}" for k in range(max(0, int(n_members)))]
 
 
-def member_mask(members: np.ndarray, choice: str, pooled_members: list[int] | None = None) -> np.ndarray | slice:
+def member_mask(members: np.ndarray, choice: str,
+                pooled_members: list[int] | None = None) -> np.ndarray | slice:
     """Boolean mask for a member choice (``pooled`` keeps ``pooled_members`` or all)."""
     if choice == POOLED or not choice:
         if pooled_members is None:
@@ -77,12 +78,13 @@ class PopulationView(RunView):
     """The learned population of a run, cut in redshift, pooled or per member."""
 
     z_range = param.Range(default=(0.0, 0.65), bounds=(0.0, 0.65), doc="redshift range cutting every view")
-    member = param.Selector(default=POOLED, objects=[POOLED], doc="pooled ensemble (converged members) or one member")
+    member = param.Selector(default=POOLED, objects=[POOLED],
+                            doc="pooled ensemble (converged members) or one member")
     show_truth = param.Boolean(default=True, doc="overlay the mock's truth (when the run has truth.ecsv)")
     sample = param.Selector(default=SELECTED, objects=[SELECTED, WHOLE],
-                            doc="learned samples shown: those passing the run's selection (comparable with the "
-                                "catalog, its spec-z and a mock's truth, which hold catalogued galaxies only) or "
-                                "the whole learned population")
+                            doc="learned samples shown: those passing the run's selection (comparable with "
+                                "the catalog, its spec-z and a mock's truth, which hold catalogued galaxies "
+                                "only) or the whole learned population")
     corner_params = param.ListSelector(default=list(DEFAULT_CORNER), objects=list(DEFAULT_CORNER),
                                        doc="parameters of the corner plot")
     max_points = param.Integer(default=2_000_000, doc="samples used per view (random subset beyond)")
@@ -140,7 +142,8 @@ class PopulationView(RunView):
         opts = member_options(n_members)
         names = [c for c in pop_cols if c not in ("member", "selected") and not c.startswith("mag_")]
         corner_objs = names or list(DEFAULT_CORNER)
-        corner = [c for c in self.corner_params if c in corner_objs] or [c for c in DEFAULT_CORNER if c in corner_objs]
+        corner = ([c for c in self.corner_params if c in corner_objs]
+                  or [c for c in DEFAULT_CORNER if c in corner_objs])
         same_bounds = tuple(self.param.z_range.bounds) == (0.0, zmax)
         self.param.z_range.bounds = (0.0, zmax)
         self.param.member.objects = opts
@@ -286,7 +289,8 @@ class PopulationView(RunView):
         rng = self._range("log_mstar")
         edges = np.linspace(rng[0], rng[1], 61)
         xd = P.dim("log_mstar")
-        learned = P.histogram(self._col(pop, idx, "log_mstar"), xd, edges, P.PRED_COLOR, True, self._learned_label())
+        learned = P.histogram(self._col(pop, idx, "log_mstar"), xd, edges, P.PRED_COLOR, True,
+                              self._learned_label())
         t = self._truth_sel(z_range) if show_truth else None
         out = learned
         if t is not None and "log_mstar" in t:
@@ -323,11 +327,13 @@ class PopulationView(RunView):
         return "learned (passes selection)" if self.sample == SELECTED else "learned (whole population)"
 
     def mass_hist(self, width=HIST_WIDTH, height=300):
-        dm = hv.DynamicMap(self._mass_cb, streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
+        dm = hv.DynamicMap(self._mass_cb, streams=[
+            hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
         return _hist_opts(dm, "Stellar-mass distribution", width, height)
 
     def z_hist(self, width=HIST_WIDTH, height=300):
-        dm = hv.DynamicMap(self._z_cb, streams=[hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
+        dm = hv.DynamicMap(self._z_cb, streams=[
+            hv.streams.Params(self, ["z_range", "member", "sample", "show_truth", "revision"])])
         return _hist_opts(dm, "Redshift distribution", width, height)
 
     # ---------------------------------------------------------------- corner
@@ -398,7 +404,8 @@ class PopulationView(RunView):
 
     def controls(self):
         return pn.Column(
-            pn.widgets.RangeSlider.from_param(self.param.z_range, **L("Redshift range"), step=0.005, format="0.000"),
+            pn.widgets.RangeSlider.from_param(self.param.z_range, **L("Redshift range"), step=0.005,
+                                              format="0.000"),
             pn.widgets.Select.from_param(self.param.member, **L("Ensemble")),
             pn.widgets.RadioButtonGroup.from_param(self.param.sample, **L("Samples")),
             pn.widgets.Checkbox.from_param(self.param.show_truth, **L("Overlay truth (mocks)")),
@@ -418,8 +425,8 @@ class PopulationView(RunView):
     def corner_panel(self):
         """The corner plot with its parameter chooser (drawn when first shown)."""
         return pn.Column(
-            pn.widgets.MultiChoice.from_param(self.param.corner_params, **L("Corner-plot parameters"), max_items=8,
-                                              width=700),
+            pn.widgets.MultiChoice.from_param(self.param.corner_params, **L("Corner-plot parameters"),
+                                              max_items=8, width=700),
             pn.pane.Markdown("Learned population (density, datashader) with the truth's 1-D distributions "
                              "(blue outlines) for mock runs; the redshift cut and member choice apply.",
                              margin=(0, 10)),

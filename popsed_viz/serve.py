@@ -49,7 +49,8 @@ def serve_command(run=None, port: int = 5006, address: str = "127.0.0.1", show: 
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", default=None, help="run directory to open (default: the bundled sample run)")
+    p.add_argument("run", nargs="?", default=None,
+                   help="run directory to open (default: the bundled sample run)")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--address", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1: this machine only)")
@@ -67,7 +68,8 @@ def _run(args) -> int:
         env["POPSED_RUN"] = str(Path(args.run).expanduser().resolve())
     env["PYTHONPATH"] = pythonpath_with_checkout(env)
     cmd = serve_command(args.run, args.port, args.address, args.show, args.allow_origin)
-    print(f"popsed dashboard: http://{'127.0.0.1' if _is_loopback(args.address) else args.address}:{args.port}/app",
+    print("popsed dashboard: "
+          f"http://{'127.0.0.1' if _is_loopback(args.address) else args.address}:{args.port}/app",
           file=sys.stderr, flush=True)
     return _replace_process(cmd, env)
 

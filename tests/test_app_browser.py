@@ -111,7 +111,8 @@ def open_app(page, server):
     from browser import wait_for_plots
 
     page.goto(server.url)
-    wait_for_plots(page, 3, timeout=90, titles=[LOSS])  # loss, noise, learning rate (no Sinkhorn blur: sliced loss)
+    # loss, noise, learning rate (no Sinkhorn blur: sliced loss)
+    wait_for_plots(page, 3, timeout=90, titles=[LOSS])
 
 
 def show_tab(page, name, titles=None, absent=None, n=1):

@@ -10,7 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "sample_data" / "mock_sdss" / "catalog.ecsv"
 
-pytestmark = pytest.mark.skipif(not CATALOG.is_file() or importlib.util.find_spec("engine.population") is None,
+pytestmark = pytest.mark.skipif(not CATALOG.is_file()
+                                or importlib.util.find_spec("engine.population") is None,
                                 reason="sample catalog / engine.population missing")
 
 

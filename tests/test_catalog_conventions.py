@@ -56,7 +56,8 @@ def test_letter_named_columns_with_bands_asked_for(value, err):
 def test_letter_needs_an_error_column_and_a_unique_letter():
     m, e = _mags(nb=2)
     # a lone 'z' (a redshift) next to mag_z/magerr_z is not read as the z band
-    t = Table({"mag_r": m[:, 0], "magerr_r": e[:, 0], "mag_z": m[:, 1], "magerr_z": e[:, 1], "z": np.full(150, 0.1)})
+    t = Table({"mag_r": m[:, 0], "magerr_r": e[:, 0], "mag_z": m[:, 1], "magerr_z": e[:, 1],
+               "z": np.full(150, 0.1)})
     cat = read_catalog(t, bands="sdss2010-r,sdss2010-z")
     assert "from mag_z ± magerr_z" in cat.report[1]
     # two bands with the same letter: letters are ambiguous and not used
@@ -80,7 +81,8 @@ def test_sdss_cas_magnitudes_found_without_bands():
 
 def test_sedpy_filter_names():
     m, e = _mags(nb=2)
-    t = Table({"sdss_r0": m[:, 0], "sdss_r0_err": e[:, 0], "mag_galex_NUV": m[:, 1], "mag_err_galex_NUV": e[:, 1]})
+    t = Table({"sdss_r0": m[:, 0], "sdss_r0_err": e[:, 0], "mag_galex_NUV": m[:, 1],
+               "mag_err_galex_NUV": e[:, 1]})
     cat = read_catalog(t)
     assert cat.bands == ("sdss2010-r", "galex-nuv")
     np.testing.assert_allclose(cat.magnitudes(), m, rtol=1e-12)
@@ -133,7 +135,8 @@ def test_zero_point_key_counts_per_second_to_ab():
     cps = 10 ** (-0.4 * (m - 20.08))
     t = Table({"NUV_FLUX_AUTO": cps, "NUV_FLUXERR_AUTO": 0.05 * cps})
     t["NUV_FLUX_AUTO"].unit = "ct / s"
-    cmap = {"bands": {"galex-nuv": {"flux": "NUV_FLUX_AUTO", "flux_err": "NUV_FLUXERR_AUTO", "zero_point": 20.08}}}
+    cmap = {"bands": {"galex-nuv": {"flux": "NUV_FLUX_AUTO", "flux_err": "NUV_FLUXERR_AUTO",
+                                    "zero_point": 20.08}}}
     cat = read_catalog(t, columns=cmap, flux_unit="uJy")  # the band's zero point wins over the global unit
     np.testing.assert_allclose(cat.magnitudes()[:, 0], m, rtol=1e-12)
     assert "[AB zero point 20.08]" in cat.report[0]
@@ -141,7 +144,8 @@ def test_zero_point_key_counts_per_second_to_ab():
     assert "has both flux_unit and zero_point" in _fail_msg(read_catalog, t, columns=both)
     t["NUV_FLUX_AUTO"].unit = "uJy"
     assert "has unit 'uJy' but band galex-nuv has a zero_point" in _fail_msg(read_catalog, t, columns=cmap)
-    nomag = {"bands": {"galex-nuv": {"mag": "NUV_FLUX_AUTO", "mag_err": "NUV_FLUXERR_AUTO", "zero_point": 20.0}}}
+    nomag = {"bands": {"galex-nuv": {"mag": "NUV_FLUX_AUTO", "mag_err": "NUV_FLUXERR_AUTO",
+                                     "zero_point": 20.0}}}
     assert "zero_point applies to a 'flux' column" in _fail_msg(read_catalog, t, columns=nomag)
 
 
@@ -158,6 +162,7 @@ def test_docs_column_maps_for_sdss_galex_2mass(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cat = read_catalog(REAL / "kcorrect_gst" / "gst_tests_small.fits", columns=p, min_fraction=0.05)
-    assert cat.bands[:5] == ("galex-fuv", "galex-nuv", "twomass-J", "twomass-H", "twomass-Ks") and len(cat.bands) == 10
-    med = dict(zip(cat.bands, np.nanmedian(cat.magnitudes(), axis=0)))
+    assert (cat.bands[:5] == ("galex-fuv", "galex-nuv", "twomass-J", "twomass-H", "twomass-Ks")
+            and len(cat.bands) == 10)
+    med = dict(zip(cat.bands, np.nanmedian(cat.magnitudes(), axis=0), strict=True))
     assert 16 < med["sdss2010-r"] < 17.8 and 0.8 < med["sdss2010-r"] - med["twomass-Ks"] < 2.0  # r − Ks (AB)

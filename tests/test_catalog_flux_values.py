@@ -43,8 +43,8 @@ def _galaxy_fluxes(n: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
 
 def test_a_flux_column_without_unit_is_refused():
     _, f, s = _galaxy_fluxes()
-    _one_line(r"^<in-memory table>: flux column flux_sdss2010-r \(band sdss2010-r\) has no unit; give it with "
-              r"--flux-unit", read_catalog, _table(f, s))
+    _one_line(r"^<in-memory table>: flux column flux_sdss2010-r \(band sdss2010-r\) has no unit; give it "
+              r"with --flux-unit", read_catalog, _table(f, s))
     np.testing.assert_allclose(read_catalog(_table(f, s), flux_unit="nanomaggy").flux[:, 0], f)
     np.testing.assert_allclose(read_catalog(_table(f, s), columns={"flux_unit": "nmgy"}).flux[:, 0], f)
     np.testing.assert_allclose(read_catalog(_table(f, s, unit="nanomaggy")).flux[:, 0], f)
@@ -54,12 +54,14 @@ def test_magnitudes_in_a_flux_column_are_refused():
     m, _, _ = _galaxy_fluxes()
     merr = 0.005 * 10 ** (0.4 * (m - 16.0))
     msg = _one_line(r"flux column flux_sdss2010-r \(band sdss2010-r\) in nmgy looks like AB magnitudes, not "
-                    r"fluxes: its 500 measured values lie in 16–22", read_catalog, _table(m, merr, "nanomaggy"))
+                    r"fluxes: its 500 measured values lie in 16–22", read_catalog,
+                    _table(m, merr, "nanomaggy"))
     assert msg.endswith("read it as magnitudes (mag_<band> or 'mag:' in a column map)")
     # every value in 10–30 with tiny errors (errors unrelated to the values)
     rng = np.random.default_rng(1)
     v = rng.uniform(10, 30, 300)
-    _one_line(r"looks like AB magnitudes", read_catalog, _table(v, rng.uniform(0.01, 0.05, 300)), flux_unit="uJy")
+    _one_line(r"looks like AB magnitudes", read_catalog, _table(v, rng.uniform(0.01, 0.05, 300)),
+              flux_unit="uJy")
 
 
 def test_fluxes_in_another_unit_are_refused():
@@ -68,8 +70,8 @@ def test_fluxes_in_another_unit_are_refused():
     _one_line(r"in uJy gives a median AB magnitude of 4\d\.\d, fainter than any galaxy catalog's; looks like "
               r"fluxes in maggy", read_catalog, _table(f * 1e-9, s * 1e-9, "uJy"))
     # nanomaggies said to be maggies
-    _one_line(r"in maggy gives a median AB magnitude of -\d+\.\d, brighter than any galaxy catalog's; looks like "
-              r"fluxes in nanomaggy", read_catalog, _table(f, s), flux_unit="maggy")
+    _one_line(r"in maggy gives a median AB magnitude of -\d+\.\d, brighter than any galaxy catalog's; looks "
+              r"like fluxes in nanomaggy", read_catalog, _table(f, s), flux_unit="maggy")
 
 
 def test_real_fluxes_pass():
@@ -90,8 +92,8 @@ def test_real_maggies_column_holds_nanomaggies():
                       for k, b in enumerate("ugriz")}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _one_line(r"flux column MAGGIES\[0\] \(band sdss2010-u\) in maggy gives a median AB magnitude of -\d\.\d, "
-                  r"brighter than any galaxy catalog's; looks like fluxes in nanomaggy", read_catalog, path,
-                  columns=cmap, flux_unit="maggy")
+        _one_line(r"flux column MAGGIES\[0\] \(band sdss2010-u\) in maggy gives a median AB magnitude of "
+                  r"-\d\.\d, brighter than any galaxy catalog's; looks like fluxes in nanomaggy",
+                  read_catalog, path, columns=cmap, flux_unit="maggy")
         cat = read_catalog(path, columns=cmap, flux_unit="nanomaggy")
     assert 17.5 < np.nanmedian(cat.magnitudes()[:, 2]) < 19.5  # median r_AB = 18.6

@@ -23,7 +23,8 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 SAMPLE_RUN = REPO / "sample_data" / "run_sdss"
-LOSS, LR, ZHIST, MHIST = "Loss per member", "learning rate", "Redshift distribution", "Stellar-mass distribution"
+LOSS, LR = "Loss per member", "learning rate"
+ZHIST, MHIST = "Redshift distribution", "Stellar-mass distribution"
 
 #: JS: per plot title, the rendered tick labels of its y axis, its y range, where its legends sit and the
 #: largest value it draws (column ``top`` of histograms, ``y`` of curves).
@@ -42,7 +43,8 @@ PLOT_LOOK_JS = """
       labels = labels.concat((boxes.items ?? []).map(b => b.text));
     }
     const legends = {center: m.center.filter(r => r.type === "Legend").length,
-                     outside: [...m.right, ...m.left, ...m.above, ...m.below].filter(r => r.type === "Legend").length};
+                     outside: [...m.right, ...m.left, ...m.above, ...m.below]
+                                .filter(r => r.type === "Legend").length};
     let ymax = -Infinity;
     for (const r of m.renderers) {
       const d = r.data_source && r.data_source.data;
@@ -70,7 +72,8 @@ def server(tmp_path_factory):
         pytest.skip("the bundled sample run is missing")
     ARTIFACTS.mkdir(exist_ok=True)
     runs = tmp_path_factory.mktemp("look_runs")
-    srv = AppServer(SAMPLE_RUN, env={"POPSED_RUNS_DIR": str(runs)}, log_path=ARTIFACTS / "panel_serve_look.log")
+    srv = AppServer(SAMPLE_RUN, env={"POPSED_RUNS_DIR": str(runs)},
+                    log_path=ARTIFACTS / "panel_serve_look.log")
     srv.start(timeout=120)
     yield srv
     srv.stop()
@@ -118,14 +121,16 @@ def test_training_tab_labels_the_loss_below_one_and_hides_unused_panels(page):
 
     page.screenshot(path=str(ARTIFACTS / "look_training.png"), full_page=True)
     loss = look(page, LOSS)
-    values = [_as_number(t) for t in loss["labels"] if t]  # (a log axis's 10^n labels are math text, not text)
+    # (a log axis's 10^n labels are math text, not text)
+    values = [_as_number(t) for t in loss["labels"] if t]
     assert sum(0 < v < 1 for v in values) >= 2, loss["labels"]  # where a converged loss lives (≈ 0.08 here)
     assert min(values) <= 0.1, loss["labels"]
     assert loss["legends"]["center"] == 0  # the legend is beside the curves, not on them
     lr = look(page, LR)
     assert 2 <= len(lr["labels"]) <= 6 and len(set(lr["labels"])) == len(lr["labels"]), lr["labels"]
     visible = {s["title"] for s in plots_state(page) if s["visible"]}
-    assert not any("blur" in t.lower() for t in visible), visible  # the sample run's loss is sliced, not Sinkhorn
+    # the sample run's loss is sliced, not Sinkhorn
+    assert not any("blur" in t.lower() for t in visible), visible
     steps = text_of(page, ".popsed-steps-recorded")
     assert "per member" in steps and "300 × 2" in steps, steps
     assert page.js_errors.errors == []
@@ -144,9 +149,11 @@ def test_histograms_rescale_after_a_redshift_cut_with_legends_outside(page):
     page.mouse.down()
     page.mouse.move(x - 200, y, steps=8)  # keep z below ~0.2: the densities grow several-fold
     page.mouse.up()
-    after = wait_until(lambda: (lk := look(page, ZHIST)) and lk["ymax"] > 1.2 * before["ymax"] and lk, timeout=30)
+    after = wait_until(lambda: (lk := look(page, ZHIST)) and lk["ymax"] > 1.2 * before["ymax"] and lk,
+                       timeout=30)
     assert after, f"the redshift histogram did not change: {before} / {look(page, ZHIST)}"
-    after = wait_until(lambda: (lk := look(page, ZHIST)) and lk["y_end"] >= lk["ymax"] and lk, timeout=15) or after
+    after = wait_until(lambda: (lk := look(page, ZHIST)) and lk["y_end"] >= lk["ymax"] and lk,
+                       timeout=15) or after
     page.screenshot(path=str(ARTIFACTS / "look_population_zcut.png"), full_page=True)
     assert after["y_end"] >= after["ymax"] > before["y_end"], (before, after)  # rescaled: no bar clipped
     for title in (ZHIST, MHIST):
@@ -163,7 +170,8 @@ def test_failed_fit_of_an_uploaded_catalog_shows_its_error_whole_in_the_main_pan
     catalog = tmp_path / "my_survey.csv"
     catalog.write_text(",".join(columns) + "\n" + ",".join(["1"] * len(columns)) + "\n")
     page.locator("input[type=file]").set_input_files(str(catalog))
-    assert wait_until(lambda: "Uploaded" in text_of(page, ".popsed-job"), timeout=20), text_of(page, ".popsed-job")
+    assert wait_until(lambda: "Uploaded" in text_of(page, ".popsed-job"), timeout=20), \
+        text_of(page, ".popsed-job")
     page.locator(".popsed-start button").click()
     shown = wait_until(lambda: "failed" in (t := text_of(page, ".popsed-fit-error")) and t, timeout=120)
     assert shown, (text_of(page, ".popsed-fit-error"), text_of(page, ".popsed-job"))
@@ -175,6 +183,7 @@ def test_failed_fit_of_an_uploaded_catalog_shows_its_error_whole_in_the_main_pan
         " || e.querySelector('pre'); return {left: r.left, width: r.width,"
         " clipped: pre ? pre.scrollWidth > pre.clientWidth + 1 : null}; }")
     sidebar = page.locator("#sidebar").first.bounding_box() if page.locator("#sidebar").count() else None
-    assert geom["width"] > 600 and (sidebar is None or geom["left"] >= sidebar["x"] + sidebar["width"] - 1), geom
+    assert geom["width"] > 600 and (sidebar is None
+                                    or geom["left"] >= sidebar["x"] + sidebar["width"] - 1), geom
     assert geom["clipped"] is False, geom
     assert "above the plots" in text_of(page, ".popsed-job")

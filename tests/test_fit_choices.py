@@ -81,7 +81,8 @@ def test_fit_applies_a_mock_catalogs_own_selection_and_its_spec_z(tmp_path):
     res = popsed("fit", tmp_path / "cat2.ecsv", "--out", tmp_path / "run2", "--members", 1, "--steps", 3,
                  "--batch", 256, "--no-progress")
     assert res.returncode == 0, res.stderr
-    assert "looks magnitude-limited in sdss2010-r" in res.stderr and "--selection 'sdss2010-r<19.8" in res.stderr
+    assert ("looks magnitude-limited in sdss2010-r" in res.stderr
+            and "--selection 'sdss2010-r<19.8" in res.stderr)
     assert "redshift: free (photometric redshifts: 1 of 600 rows have no spec-z" in res.stderr
     cfg = json.loads((tmp_path / "run2" / "config.json").read_text())
     assert cfg["selection"] == [] and cfg["redshift"] == "free"
@@ -114,7 +115,8 @@ def test_fit_reads_a_catalog_through_a_column_map_and_resumes_with_it(tmp_path):
     # --resume reads the catalog the same way (from another directory: the map's path was made absolute)
     other = tmp_path / "elsewhere"
     other.mkdir()
-    res = popsed("fit", tmp_path / "cat.csv", "--out", tmp_path / "run", "--resume", "--no-progress", cwd=other)
+    res = popsed("fit", tmp_path / "cat.csv", "--out", tmp_path / "run", "--resume", "--no-progress",
+                 cwd=other)
     assert res.returncode == 0, res.stderr
 
 

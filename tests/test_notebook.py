@@ -57,8 +57,10 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     stderr = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.output_type == "stream" and o.name == "stderr"]
     assert not stderr, stderr
-    outputs = json.dumps([o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
-    remote = [host for host in CDN_HOSTS if host in outputs]  # (no `in` assert: its diff of MBs of JS is slow)
+    outputs = json.dumps([o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                          for o in c.get("outputs", [])])
+    # (no `in` assert: its diff of MBs of JS is slow)
+    remote = [host for host in CDN_HOSTS if host in outputs]
     assert not remote, f"the notebook's outputs load resources from {remote}"
     assert len(outputs) > 1_000_000  # BokehJS and Panel's JS are inline
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COPY_IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "runs", "test-artifacts",
-                                     ".venv", ".pytest_cache", ".hypothesis", "_recovery")
+COPY_IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "runs",
+                                     "test-artifacts", ".venv", ".pytest_cache", ".hypothesis", "_recovery")
 
 
 def _free_port() -> int:
@@ -90,10 +90,11 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory) -> Path:
     env_dir = tmp_path_factory.mktemp("venv") / "v"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], check=True,
+                   timeout=300)
     py = env_dir / "bin" / "python"
-    res = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
+                          "-q", str(wheel)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return env_dir
 
@@ -114,7 +115,8 @@ def test_wheel_holds_every_package_the_app_and_the_sample_data(wheel):
             assert rel in names, f"{rel} is missing from the wheel (add its package to pyproject.toml)"
     for rel in ("popsed_viz/served/app/main.py", "popsed_viz/served/app/server_lifecycle.py",
                 "popsed_sample_data/run_sdss/config.json", "popsed_sample_data/run_sdss/history.jsonl",
-                "popsed_sample_data/run_sdss/population.parquet", "popsed_sample_data/run_sdss/flows/member_0.pt",
+                "popsed_sample_data/run_sdss/population.parquet",
+                "popsed_sample_data/run_sdss/flows/member_0.pt",
                 "popsed_sample_data/mock_sdss/catalog.ecsv", "popsed_sample_data/mock_sdss/truth.ecsv",
                 "engine/data/emulator_sdss_galex.pt"):
         assert rel in names, f"{rel} is missing from the wheel"
@@ -123,12 +125,13 @@ def test_wheel_holds_every_package_the_app_and_the_sample_data(wheel):
 def test_installed_wheel_serves_the_sample_run(venv, tmp_path):
     py, popsed = venv / "bin" / "python", venv / "bin" / "popsed"
     env = _clean_env()
-    res = subprocess.run([str(popsed), "serve", "--help"], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=300)
+    res = subprocess.run([str(popsed), "serve", "--help"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=300)
     assert res.returncode == 0 and "--port" in res.stdout, res.stderr[-2000:]
     probe = ("import json, engine, popsed_viz.paths as p; print(json.dumps({'engine': engine.__file__, "
              "'run': str(p.sample_run_dir()), 'catalog': str(p.sample_catalog()), 'app': str(p.APP_DIR)}))")
-    res = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    res = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     where = json.loads(res.stdout)
     site = str(venv.resolve())
@@ -140,7 +143,8 @@ def test_installed_wheel_serves_the_sample_run(venv, tmp_path):
     port = _free_port()
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([str(popsed), "serve", "--port", str(port), "--runs-dir", str(tmp_path / "runs")],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         status = _wait_http(f"http://127.0.0.1:{port}/app", proc, timeout=240)
         assert status == 200
@@ -157,8 +161,9 @@ def test_sigterm_to_popsed_serve_frees_the_port(tmp_path):
     """``kill PID`` of ``popsed serve`` must not leave its ``panel serve`` serving the port."""
     port = _free_port()
     env = _clean_env(PYTHONPATH=str(REPO), POPSED_RUNS_DIR=str(tmp_path / "runs"))
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 240
     while not _port_open(port):
         assert proc.poll() is None and time.time() < deadline, "popsed serve did not open its port"

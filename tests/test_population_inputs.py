@@ -19,8 +19,8 @@ from engine.population.toy import ToyCatalog, ToyForwardModel, make_toy_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = "engine.population.toy:ToyForwardModel"
-TINY = ["--forward", TOY, "--members", "2", "--steps", "30", "--batch", "128", "--device", "cpu", "--no-progress",
-        "--selection", "sdss2010-r<20.5", "--val-every", "5"]
+TINY = ["--forward", TOY, "--members", "2", "--steps", "30", "--batch", "128", "--device", "cpu",
+        "--no-progress", "--selection", "sdss2010-r<20.5", "--val-every", "5"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -89,7 +89,8 @@ def test_rejected_fits_leave_nothing_and_the_corrected_rerun_works(catalogs, tmp
     assert (out / "config.json").is_file() and (out / "summary.json").is_file()
     # 30 steps: a population is written, but no member is called converged, and the last line says so
     last = r.stdout.strip().splitlines()[-1]
-    assert last == f"run complete: {out} (2 members: 0 converged, 2 not converged — see popsed summary {out})", last
+    assert last == (f"run complete: {out} (2 members: 0 converged, 2 not converged — see popsed summary "
+                    f"{out})"), last
     summ = json.loads((out / "summary.json").read_text())
     assert summ["converged"] == [] and summ["kept"] and summ["noise_floor"] > 0
     for m in summ["members"]:
@@ -110,7 +111,8 @@ def test_rejected_fit_into_an_existing_directory_leaves_it_unchanged(catalogs, t
             (out / sd).mkdir()
         _refused(catalogs, out, "band not in the catalog")
         assert sorted(p.name for p in out.iterdir()) == sorted(subdirs)
-        r = _popsed("fit", str(catalogs / "good.ecsv"), "--out", str(out), *TINY, "--members", "1", "--steps", "3")
+        r = _popsed("fit", str(catalogs / "good.ecsv"), "--out", str(out), *TINY, "--members", "1",
+                    "--steps", "3")
         assert r.returncode == 0 and (out / "config.json").is_file(), r.stderr[-3000:]
 
 
@@ -120,7 +122,8 @@ def test_a_directory_with_other_files_is_refused_and_kept(catalogs, tmp_path):
     (out / "notes.txt").write_text("precious")
     (out / "flows").mkdir()
     r = _popsed("fit", str(catalogs / "good.ecsv"), "--out", str(out), *TINY)
-    assert r.returncode == 2 and "not a popsed run directory" in r.stderr and "notes.txt" in r.stderr, r.stderr
+    assert (r.returncode == 2 and "not a popsed run directory" in r.stderr
+            and "notes.txt" in r.stderr), r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["flows", "notes.txt"]
     assert (out / "notes.txt").read_text() == "precious"
 
@@ -145,4 +148,5 @@ def test_a_fit_of_a_catalog_the_model_cannot_reproduce_is_not_converged(tmp_path
     s = run.summary()
     assert s["converged"] == [] and len(s["kept"]) >= 1
     for m in s["members"]:
-        assert m["status"] == "not_converged" and m["floor_ratio"] > 10 and "x the noise floor" in m["note"], m
+        assert (m["status"] == "not_converged" and m["floor_ratio"] > 10
+                and "x the noise floor" in m["note"]), m

@@ -60,7 +60,8 @@ def _top_level_imports(tree: ast.Module):
             if "TYPE_CHECKING" not in ast.unparse(node.test):
                 stack.extend(node.body + node.orelse)
         elif isinstance(node, ast.Try):
-            stack.extend(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
+            stack.extend(node.body + node.orelse + node.finalbody
+                         + [s for h in node.handlers for s in h.body])
 
 
 def engine_import_graph() -> dict[str, set[str]]:
@@ -136,7 +137,8 @@ def test_config_objects_and_keywords_give_the_same_fit(tmp_path, one_torch_threa
     flow = FlowConfig(layers=2, hidden=8, bins=4)
     a = fit(cat, tmp_path / "a", members=1, steps=6, batch=64, flow=flow, val_every=3, population_samples=50,
             selection="toy-r<20.5", forward=ToyForwardModel(), checkpoint_every=2)
-    b = fit(cat, tmp_path / "b", TrainConfig(members=1, steps=6, batch=64, flow=flow, val_every=3, population_samples=50),
+    b = fit(cat, tmp_path / "b",
+            TrainConfig(members=1, steps=6, batch=64, flow=flow, val_every=3, population_samples=50),
             FitOptions(checkpoint_every=2), FitSpec(selection="toy-r<20.5", forward=ToyForwardModel()))
     la = [e["train_loss"] for e in a.history() if e["event"] == "step"]
     lb = [e["train_loss"] for e in b.history() if e["event"] == "step"]

@@ -45,7 +45,8 @@ def test_old_run_resumes_to_the_numbers_of_the_code_that_wrote_it(old_run):
     assert run.complete
     hist = read_history(old_run / "history.jsonl")
     assert hist[-1]["event"] == "done"
-    got = {f"{e['member']}:{e['step']}": [e["train_loss"], e["val_loss"]] for e in hist if e["event"] == "step"}
+    got = {f"{e['member']}:{e['step']}": [e["train_loss"], e["val_loss"]]
+           for e in hist if e["event"] == "step"}
     assert sorted(got) == sorted(expected["steps"])
     for key, (tl, vl) in expected["steps"].items():
         assert got[key][0] == pytest.approx(tl, rel=1e-5, abs=1e-7), key

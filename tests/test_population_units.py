@@ -422,7 +422,8 @@ def test_high_or_still_falling_loss_is_not_converged():
             {"member": 1, "status": "converged", "best_val_loss": falling[-1][1]}]
     rep = ensemble_report(rows, 1e6, floor, histories={0: high, 1: falling}, steps=300)
     m0, m1 = rep["members"]
-    assert m0["status"] == m1["status"] == "not_converged" and rep["kept"] == [0, 1] and rep["converged"] == []
+    assert (m0["status"] == m1["status"] == "not_converged" and rep["kept"] == [0, 1]
+            and rep["converged"] == [])
     assert "x the noise floor" in m0["note"] and "still decreasing" not in m0["note"]
     assert "still decreasing by" in m1["note"] and m1["plateau"] > 0.02
 
@@ -446,11 +447,13 @@ def test_summary_of_a_run_written_before_kept_and_the_floor_ratio():
     assert "noise floor (val vs train): 0.24" in text and "0: converged" in text and "(above 1.5x)" in text
     assert "  pooled" not in text and "x floor" not in text
     new = dict(old, converged=[], kept=[0], converge_floor=2.0, plateau_tol=0.02,
-               members=[dict(old["members"][0], status="not_converged", kept=True, floor_ratio=1.25, plateau=0.12,
+               members=[dict(old["members"][0], status="not_converged", kept=True, floor_ratio=1.25,
+                             plateau=0.12,
                              note="still decreasing by 12% over the last third of training (plateau: < 2%)"),
                         dict(old["members"][1], kept=False, floor_ratio=3.75, plateau=0.0)])
     text = format_summary(new)
-    assert "0: not_converged  pooled" in text and "1.25x floor" in text and "last-third decrease 12.0%" in text
+    assert ("0: not_converged  pooled" in text and "1.25x floor" in text
+            and "last-third decrease 12.0%" in text)
     assert "1: not_converged  not pooled" in text and "<= 2x the noise floor" in text
-    assert complete_line("R", new) == "run complete: R (2 members: 0 converged, 2 not converged; 1 left out of the " \
-                                       "population — see popsed summary R)"
+    assert complete_line("R", new) == ("run complete: R (2 members: 0 converged, 2 not converged; 1 left out "
+                                       "of the population — see popsed summary R)")

@@ -28,8 +28,8 @@ def _theta(model, **values) -> torch.Tensor:
 
 
 #: A young star-forming galaxy: constant SFH (κ = 1, 1, 0 → β3 = 1), no burst, solar, no dust.
-CONSTANT_SF = dict(kappa1=1.0, kappa2=1.0, kappa3=0.0, f_burst=0.0, log_zmet=0.0, n_dust=0.0, tau1=0.0, tau2=0.0,
-                   log_mstar=10.0)
+CONSTANT_SF = dict(kappa1=1.0, kappa2=1.0, kappa3=0.0, f_burst=0.0, log_zmet=0.0, n_dust=0.0, tau1=0.0,
+                   tau2=0.0, log_mstar=10.0)
 
 
 def test_switched_off_fluxes_are_those_of_the_model_before_nebular_emission():
@@ -46,7 +46,8 @@ def test_switched_off_fluxes_are_those_of_the_model_before_nebular_emission():
                          dtype=dtype, nebular=False, igm=False)
             assert m.param_names == m.__class__.param_names and len(m.param_names) == 11
             f = m.fluxes(torch.tensor(ref[name]["theta"], dtype=dtype)).double().numpy()
-            np.testing.assert_allclose(f, np.array(ref[name]["fluxes"]), rtol=1e-12 if name == "float64" else 1e-6)
+            np.testing.assert_allclose(f, np.array(ref[name]["fluxes"]),
+                                       rtol=1e-12 if name == "float64" else 1e-6)
     finally:
         torch.set_num_threads(n)
 
@@ -76,7 +77,10 @@ def test_lines_move_r_minus_i_of_a_star_forming_galaxy(sdss_model, monkeypatch):
 
     neb = SPSModel(SDSS_BANDS, device="cpu", dtype=torch.float64, nebular=True)
     th = _theta(neb, z=0.08, log_u=-2.5, t_burst=1.0, **CONSTANT_SF)
-    ri = lambda m: float(m[0, 2] - m[0, 3])
+
+    def ri(m):
+        return float(m[0, 2] - m[0, 3])
+
     with_lines = ri(neb.magnitudes(th))
     stars = ri(sdss_model.magnitudes(th[:, :-1].float()))
     monkeypatch.setattr(neb._nebular, "line_bands", lambda comp, w, igm: torch.zeros(1, len(SDSS_BANDS)))
@@ -128,7 +132,8 @@ def test_halpha_per_unit_sfr_and_balmer_decrement():
 
 
 def _bagpipes_inoue14():
-    """bagpipes' own implementation of Inoue et al. (2014), loaded from its file without importing bagpipes."""
+    """bagpipes' own implementation of Inoue et al. (2014), loaded from its file without importing
+    bagpipes."""
     spec = importlib.util.find_spec("bagpipes")
     if spec is None:
         pytest.skip("bagpipes not installed")
@@ -180,14 +185,16 @@ def test_igm_keeps_the_linear_decomposition_exact_and_fluxes_smooth_in_z():
 
     from conftest import uniform_theta
 
-    m = SPSModel(["galex-fuv", "sdss2010-u", "sdss2010-g"], dtype=torch.float64, device="cpu", z_max=3.0, igm=True)
+    m = SPSModel(["galex-fuv", "sdss2010-u", "sdss2010-g"], dtype=torch.float64, device="cpu", z_max=3.0,
+                 igm=True)
     th = uniform_theta(m, 100, seed=4, dtype=torch.float64)
     c = {k: th[:, i] for k, i in IDX.items()}
     lum = m.basis_band_luminosities(c["z"], c["tau1"], c["tau2"], c["n_dust"])
     lum_b = m.burst_band_luminosities(c["z"], c["tau2"], c["n_dust"], c["t_burst"])
     comp = m._components(th)
     beta, f, wz = comp["beta"], comp["f_eff"], comp["w_z"]
-    band = (1 - f)[:, None] * torch.einsum("nk,nkib,ni->nb", wz, lum, beta) + f[:, None] * torch.einsum("nk,nkb->nb", wz, lum_b)
+    band = ((1 - f)[:, None] * torch.einsum("nk,nkib,ni->nb", wz, lum, beta)
+            + f[:, None] * torch.einsum("nk,nkb->nb", wz, lum_b))
     flux = band * torch.exp(math.log(10.0) * comp["log_mformed"] + m.ln_flux_scale(c["z"]))[:, None]
     assert torch.allclose(flux, m.fluxes(th), rtol=1e-10, atol=0.0)
 

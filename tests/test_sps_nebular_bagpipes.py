@@ -87,7 +87,10 @@ def _reference(model, theta, folder: Path) -> tuple[np.ndarray, np.ndarray, np.n
         fine, _ = _run(model, theta, folder, False, 0.01)
     finally:
         _set_age_sampling(0.01)
-    mag = lambda f: -2.5 * np.log10(f * 1e-6 / 3631.0)
+
+    def mag(f):
+        return -2.5 * np.log10(f * 1e-6 / 3631.0)
+
     return mag(fine + neb - bare), mag(neb) - mag(bare), ha
 
 
@@ -106,7 +109,8 @@ def low_z(tmp_path_factory):
 
     from engine.sps import SPSModel
 
-    kw = dict(cosmology=FlatLambdaCDM(**BAGPIPES_COSMO), uv_bump=False, dtype=torch.float64, device="cpu", igm=True)
+    kw = dict(cosmology=FlatLambdaCDM(**BAGPIPES_COSMO), uv_bump=False, dtype=torch.float64, device="cpu",
+              igm=True)
     model = SPSModel(BANDS, nebular=True, **kw)
     bare = SPSModel(BANDS, **kw)
     n = 24
@@ -126,10 +130,11 @@ def low_z(tmp_path_factory):
 def test_magnitudes_with_nebular_emission_agree_with_bagpipes(low_z):
     theta, ours, ref, *_ = low_z
     diff = np.abs(ours - ref)
-    print("\nmax |dmag|:", dict(zip(BANDS, diff.max(0).round(4))))
-    print("median |dmag|:", dict(zip(BANDS, np.median(diff, 0).round(4))))
+    print("\nmax |dmag|:", dict(zip(BANDS, diff.max(0).round(4), strict=True)))
+    print("median |dmag|:", dict(zip(BANDS, np.median(diff, 0).round(4), strict=True)))
     cols = [BANDS.index(b) for b in OPTICAL_NIR]
-    young_burst = (theta[:, 6].numpy() >= 0.3) & (theta[:, 5].numpy() < 0.3)  # ≥ 30 % of the mass, < 300 Myr old
+    # ≥ 30 % of the mass, < 300 Myr old
+    young_burst = (theta[:, 6].numpy() >= 0.3) & (theta[:, 5].numpy() < 0.3)
     print("max |dmag| without young dominant bursts:", diff[~young_burst][:, cols].max().round(4),
           "with:", diff[young_burst][:, cols].max().round(4), f"({young_burst.sum()} galaxies)")
     assert diff[~young_burst][:, cols].max() <= 0.035
@@ -144,8 +149,9 @@ def test_magnitudes_with_nebular_emission_agree_with_bagpipes(low_z):
 def test_nebular_increments_and_halpha_agree_with_bagpipes(low_z):
     _, _, _, inc, ref_inc, ha, ref_ha = low_z
     d = np.abs(inc - ref_inc)
-    print("\nnebular increment: bagpipes max", dict(zip(BANDS, np.abs(ref_inc).max(0).round(3))))
-    print("|d increment| max", dict(zip(BANDS, d.max(0).round(4))), "median", np.median(d).round(5))
+    print("\nnebular increment: bagpipes max", dict(zip(BANDS, np.abs(ref_inc).max(0).round(3), strict=True)))
+    print("|d increment| max", dict(zip(BANDS, d.max(0).round(4), strict=True)), "median",
+          np.median(d).round(5))
     print("Halpha ratio ours/bagpipes: min %.4f max %.4f" % ((ha / ref_ha).min(), (ha / ref_ha).max()))
     assert np.abs(ref_inc).max() > 0.1  # the comparison is not empty
     assert d[:, :len(OPTICAL_NIR)].max() <= 0.01
@@ -158,8 +164,8 @@ def test_u_and_g_with_igm_at_redshift_three_agree_with_bagpipes(tmp_path):
 
     from engine.sps import SPSModel
 
-    model = SPSModel(["sdss2010-u", "sdss2010-g"], cosmology=FlatLambdaCDM(**BAGPIPES_COSMO), uv_bump=False, z_max=3.0,
-                     dtype=torch.float64, device="cpu", igm=True, nebular=True)
+    model = SPSModel(["sdss2010-u", "sdss2010-g"], cosmology=FlatLambdaCDM(**BAGPIPES_COSMO), uv_bump=False,
+                     z_max=3.0, dtype=torch.float64, device="cpu", igm=True, nebular=True)
     n = 8
     theta = random_comparison_theta(model, n, seed=6)
     g = torch.Generator().manual_seed(7)
@@ -169,5 +175,6 @@ def test_u_and_g_with_igm_at_redshift_three_agree_with_bagpipes(tmp_path):
     ours = model.magnitudes(theta).numpy()
     ref, _, _ = _reference(model, theta, tmp_path)
     diff = np.abs(ours - ref)
-    print("\nu, g at 2.5 <= z <= 3 with IGM: max |dmag|", diff.max(0).round(4), "median", np.median(diff, 0).round(4))
+    print("\nu, g at 2.5 <= z <= 3 with IGM: max |dmag|", diff.max(0).round(4), "median",
+          np.median(diff, 0).round(4))
     assert diff.max() <= 0.05

@@ -99,7 +99,8 @@ def _fraction_fail(label: str, band: str, desc: str, k: int, n: int, reasons: Ma
 
 
 def _one_band(src: _Source, spec: _BandSpec, j: int, flux: np.ndarray, err: np.ndarray, *,
-              flux_unit: str | None, min_fraction: float, notes: list[str], counts: dict | None = None) -> str:
+              flux_unit: str | None, min_fraction: float, notes: list[str],
+              counts: dict | None = None) -> str:
     """Convert one band into column j of the output arrays; its summary line.
 
     ``counts`` (optional dict) receives ``ok`` (rows measured), ``reasons`` ({reason: rows}) and

@@ -16,11 +16,13 @@ def add_catalog_arguments(parser: argparse.ArgumentParser, bands: bool = True, m
     ``--bands`` and ``--min-rows`` too)."""
     if bands:
         parser.add_argument("--bands", default="auto",
-                            help="comma-separated speclite band names or ECSV filter files (default: all found)")
+                            help="comma-separated speclite band names or ECSV filter files (default: all "
+                                 "found)")
     parser.add_argument("--columns", metavar="MAP", default=None,
                         help="YAML/JSON column map (bands → columns, z_spec, flux_unit, table)")
     parser.add_argument("--flux-unit", default=None,
-                        help="unit of flux columns without one (required for them): nanomaggy, maggy, uJy, Jy …")
+                        help="unit of flux columns without one (required for them): nanomaggy, maggy, uJy, "
+                             "Jy …")
     parser.add_argument("--extinction", action="append", default=[], metavar="BAND=A",
                         help="Galactic extinction of a band in mag, or BAND=COLUMN; repeatable")
     parser.add_argument("--format", default=None, help="fits, ecsv, csv, hdf5 or parquet (default: suffix)")

@@ -70,7 +70,8 @@ def load_column_map(columns: str | Path | Mapping[str, Any]) -> tuple[dict[str, 
 
                 cmap = yaml.load(text, Loader=_yaml_no_dups())  # noqa: S506 - SafeLoader subclass
         except _DupKey as dk:
-            what = "band" if known_band_names().get(str(dk.key).lower()) or str(dk.key).endswith(".ecsv") else "key"
+            what = ("band" if known_band_names().get(str(dk.key).lower()) or str(dk.key).endswith(".ecsv")
+                    else "key")
             _fail(f"{label}: {what} '{dk.key}' appears twice")
         except Exception as exc:
             _fail(f"{label} is not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}: "
@@ -83,7 +84,8 @@ def load_column_map(columns: str | Path | Mapping[str, Any]) -> tuple[dict[str, 
     if "bands" in cmap:
         bands = cmap["bands"]
         if not isinstance(bands, dict) or not bands:
-            _fail(f"{label}: 'bands' must map band names to {{mag: …, mag_err: …}} / {{flux: …, flux_err: …}}")
+            _fail(f"{label}: 'bands' must map band names to {{mag: …, mag_err: …}} / "
+                  "{flux: …, flux_err: …}")
         for b, spec in bands.items():
             if not isinstance(spec, dict):
                 _fail(f"{label}: band '{b}' must map to a dict like {{mag: COL, mag_err: COL}}, got {spec!r}")
@@ -95,9 +97,11 @@ def load_column_map(columns: str | Path | Mapping[str, Any]) -> tuple[dict[str, 
                 if k in spec and not isinstance(spec[k], str):
                     _fail(f"{label}: band '{b}': '{k}' must be a column name, got {spec[k]!r}")
             if "ab_offset" in spec and not _is_number(spec["ab_offset"]):
-                _fail(f"{label}: band '{b}': ab_offset must be a number of magnitudes, got {spec['ab_offset']!r}")
+                _fail(f"{label}: band '{b}': ab_offset must be a number of magnitudes, got "
+                      f"{spec['ab_offset']!r}")
             _check_zero_point(label, b, spec)
-            if "extinction" in spec and not (isinstance(spec["extinction"], str) or _is_number(spec["extinction"])):
+            if "extinction" in spec and not (isinstance(spec["extinction"], str)
+                                             or _is_number(spec["extinction"])):
                 _fail(f"{label}: band '{b}': extinction must be a number or a column name")
     if "z_spec" in cmap and cmap["z_spec"] is not None and not isinstance(cmap["z_spec"], str):
         _fail(f"{label}: z_spec must be a column name or null, got {cmap['z_spec']!r}")
@@ -109,7 +113,8 @@ def _check_zero_point(label: str, band: str, spec: Mapping[str, Any]) -> None:
     if "zero_point" not in spec:
         return
     if not _is_number(spec["zero_point"]):
-        _fail(f"{label}: band '{band}': zero_point must be the AB magnitude of a flux of 1, got {spec['zero_point']!r}")
+        _fail(f"{label}: band '{band}': zero_point must be the AB magnitude of a flux of 1, got "
+              f"{spec['zero_point']!r}")
     if "flux" not in spec:
         _fail(f"{label}: band '{band}': zero_point applies to a 'flux' column, and the band has none")
     if "flux_unit" in spec:
@@ -169,7 +174,8 @@ def _specs_from_map(src: _Source, label: str, cmap: dict, maplabel: str,
         return list(specs.values())
     missing = [b for b, _ in wanted if b not in specs]
     if missing:
-        hints = [f"{b} → {c[0]}?" for b in missing if (c := difflib.get_close_matches(b, list(specs), n=1, cutoff=0.6))]
+        hints = [f"{b} → {c[0]}?" for b in missing
+                 if (c := difflib.get_close_matches(b, list(specs), n=1, cutoff=0.6))]
         _fail(f"{label}: band(s) {', '.join(missing)} not in {maplabel} (it maps {_short_list(list(specs))})"
               + (f"; did you mean {', '.join(hints)}" if hints else ""))
     return [specs[b] for b, _ in wanted]

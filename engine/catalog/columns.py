@@ -67,7 +67,8 @@ def _classify(low: str, lookup: Mapping[str, str]) -> tuple[str, str, str] | Non
 
 
 def _discover(src: _Source, lookup: Mapping[str, str],
-              skip: set[str] = frozenset()) -> tuple[dict[str, dict[tuple[str, str], list[str]]], list[str], list[str]]:
+              skip: set[str] = frozenset()
+              ) -> tuple[dict[str, dict[tuple[str, str], list[str]]], list[str], list[str]]:
     """Convention matching: band → {(kind, role): [columns]}, band order, ignored columns."""
     found: dict[str, dict[tuple[str, str], list[str]]] = {}
     order: list[str] = []
@@ -142,7 +143,8 @@ def _specs_from_convention(src: _Source, label: str, wanted: list[tuple[str, str
     return specs, notes
 
 
-def _find_wanted_elsewhere(src: _Source, label: str, found: dict, wanted: list[str], notes: list[str]) -> dict:
+def _find_wanted_elsewhere(src: _Source, label: str, found: dict, wanted: list[str],
+                           notes: list[str]) -> dict:
     """Bands asked for that the conventions did not find: by their filter letter, else (when none
     was found at all) from the elements of a vector column."""
     missing = [b for b in wanted if b not in found]

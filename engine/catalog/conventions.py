@@ -87,7 +87,8 @@ def letter_columns(src: _Source, missing: Sequence[str], wanted: Sequence[str],
             if (kind, "value") not in roles:
                 roles[(kind, "value")] = [v]
                 roles[(kind, role)] = [e]
-                notes.append(f"{band}: columns {v} ± {e} matched by the filter letter '{filter_letter(band)}'")
+                notes.append(f"{band}: columns {v} ± {e} matched by the filter letter "
+                             f"'{filter_letter(band)}'")
     return found
 
 
@@ -120,8 +121,8 @@ def vector_columns(src: _Source, label: str, wanted: Sequence[str],
     if not fit:
         _fail(f"{label}: no columns for band(s) {', '.join(wanted)}; vector column(s) "
               f"{', '.join(f'{n}[{w}]' for n, w, _, _ in pairs)} do not have one element per band asked for "
-              f"({len(wanted)}): name every band of the vector, in order, with --bands, or pick elements with a "
-              f"column map, e.g. bands: {{{wanted[0]}: {{flux: \"{pairs[0][0]}[0]\", "
+              f"({len(wanted)}): name every band of the vector, in order, with --bands, or pick elements "
+              f"with a column map, e.g. bands: {{{wanted[0]}: {{flux: \"{pairs[0][0]}[0]\", "
               f"{'flux_err' if pairs[0][2] else 'flux_ivar'}: \"{pairs[0][2] or pairs[0][3]}[0]\"}}}}")
     if len(fit) > 1:
         pref = [p for name in VECTOR_PREFERENCE for p in fit if p[0].lower() == name]

@@ -155,7 +155,8 @@ def _csv_header_duplicates(path: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _read_astropy(path: Path, label: str, fmt: str, kwargs: dict[str, Any], dups: Sequence[str] = ()) -> _Source:
+def _read_astropy(path: Path, label: str, fmt: str, kwargs: dict[str, Any],
+                  dups: Sequence[str] = ()) -> _Source:
     """An astropy ``Table.read`` of ``path`` (warnings silenced) as a column source."""
     from astropy.table import Table
 
@@ -291,6 +292,7 @@ def _h5_candidates(f) -> list[tuple[str, str]]:
 register_reader("fits", "FITS", (".fits", ".fit", ".fts"), _open_fits, aliases=("fit", "fts"))
 register_reader("ecsv", "ECSV", (".ecsv",), _open_ecsv)
 register_reader("csv", "CSV", (".csv",), _open_csv)
-register_reader("hdf5", "HDF5", (".hdf5", ".h5", ".hdf", ".he5"), _open_hdf5, aliases=("h5", "hdf"), compressed=False)
-register_reader("parquet", "Parquet", (".parquet", ".pq", ".parq"), _open_parquet_file, aliases=("pq", "parq"),
+register_reader("hdf5", "HDF5", (".hdf5", ".h5", ".hdf", ".he5"), _open_hdf5, aliases=("h5", "hdf"),
                 compressed=False)
+register_reader("parquet", "Parquet", (".parquet", ".pq", ".parq"), _open_parquet_file,
+                aliases=("pq", "parq"), compressed=False)

@@ -84,12 +84,13 @@ def _check_map_flux_unit(cmap: Mapping[str, Any], maplabel: str, flux_unit: str 
     """Refuse a column map ``flux_unit`` that contradicts the ``flux_unit=`` given."""
     if flux_unit is not None and cmap.get("flux_unit") is not None:
         try:
-            same = math.isclose(flux_unit_factor(flux_unit), flux_unit_factor(cmap["flux_unit"]), rel_tol=1e-9)
+            same = math.isclose(flux_unit_factor(flux_unit), flux_unit_factor(cmap["flux_unit"]),
+                                rel_tol=1e-9)
         except ValueError:
             same = False
         if not same:
-            _fail(f"{maplabel}: flux_unit '{cmap['flux_unit']}' contradicts the flux unit given ('{flux_unit}'); "
-                  f"drop one of them")
+            _fail(f"{maplabel}: flux_unit '{cmap['flux_unit']}' contradicts the flux unit given "
+                  f"('{flux_unit}'); drop one of them")
 
 
 def _check_path(path) -> Path:

@@ -55,7 +55,7 @@ def _batch_to_numpy(batch) -> dict[str, np.ndarray]:
     import pyarrow as pa
 
     out = {}
-    for name, col in zip(batch.schema.names, batch.columns):
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
         if (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) and col.null_count:
             col = col.cast(pa.float64())
         out[name] = col.to_numpy(zero_copy_only=False)
@@ -251,7 +251,8 @@ class CatalogStream:
             self._sha = _hash_file(Path(self.path))
         return self._sha
 
-    def read_chunk(self, i: int, counts: list[dict] | None = None, notes: list[str] | None = None) -> CatalogChunk:
+    def read_chunk(self, i: int, counts: list[dict] | None = None,
+                   notes: list[str] | None = None) -> CatalogChunk:
         """Chunk ``i``, validated and converted (``counts``: one dict per band, see ``_one_band``)."""
         groups = self.chunks[int(i)]
         src = self._src.restrict(groups)
@@ -301,11 +302,11 @@ class CatalogStream:
         kept = tally.kept
         for j, spec in enumerate(self._specs):
             if tally.ok[j] < self.min_fraction * n:
-                _fraction_fail(self.label, spec.name, tally.descs[j], int(tally.ok[j]), n, tally.reasons_of(j),
-                               self.min_fraction)
+                _fraction_fail(self.label, spec.name, tally.descs[j], int(tally.ok[j]), n,
+                               tally.reasons_of(j), self.min_fraction)
         if kept < self.min_rows:
-            _fail(f"{self.label}: only {kept} usable galaxies (of {n} rows; {n - kept} have no measured band); "
-                  f"need at least {self.min_rows}")
+            _fail(f"{self.label}: only {kept} usable galaxies (of {n} rows; {n - kept} have no measured "
+                  f"band); need at least {self.min_rows}")
         self.report = self._report_lines(tally) + self._report_notes(tally)
         self.n_usable = kept
         return self.report

@@ -136,7 +136,8 @@ def _convert_flux(src: _Source, part: _Part, spec: _BandSpec, ext: np.ndarray | 
         _value_masks(e, sent_e, "err", reasons)
     else:
         reasons["ivar=0/inf"] = sent_e
-    _check_flux_values(f[ok], e[ok], factor, f"{label}: flux column {part.value} (band {spec.name}) in {unit_desc}")
+    _check_flux_values(f[ok], e[ok], factor, f"{label}: flux column {part.value} (band {spec.name}) in "
+                                             f"{unit_desc}")
     scale = factor * 10.0 ** (0.4 * (ext - spec.ab_offset))
     with np.errstate(over="ignore", invalid="ignore"):
         ff = np.where(ok, f, 0.0)
@@ -248,8 +249,8 @@ def _flux_factor(src: _Source, part: _Part, spec: _BandSpec, flux_unit: str | No
     col_unit = _column_unit(src, part.value)
     if spec.zero_point is not None:
         if col_unit is not None and _is_flux_unit(col_unit):
-            _fail(f"{label}: column {part.value} has unit '{col_unit}' but band {spec.name} has a zero_point; "
-                  f"drop one of them")
+            _fail(f"{label}: column {part.value} has unit '{col_unit}' but band {spec.name} has a "
+                  "zero_point; drop one of them")
         return 10.0 ** (0.4 * (MAG_ZP - spec.zero_point)), f"AB zero point {spec.zero_point:g}"
     explicit = spec.flux_unit if spec.flux_unit is not None else flux_unit
     if explicit is not None:
@@ -310,7 +311,8 @@ def _check_agreement(src: _Source, spec: _BandSpec, cf: _Converted, cm: _Convert
     if nbad > AGREE_MAX_FRACTION * d.size or abs(med) > AGREE_MEDIAN_MAG:
         _fail(f"{label}: band {spec.name}: flux column {spec.flux.value} and magnitude column "
               f"{spec.mag.value} disagree: {nbad} of {d.size} rows (S/N≥5) differ by more than "
-              f"{AGREE_TOL_MAG:g} mag (median m(flux) − mag = {med:+.3f}); check the flux unit or drop one column")
+              f"{AGREE_TOL_MAG:g} mag (median m(flux) − mag = {med:+.3f}); check the flux unit or drop one "
+              "column")
 
 
 def check_bands(catalog: Catalog, available: Sequence[str], what: str = "emulator") -> None:
@@ -342,7 +344,8 @@ def check_redshift(catalog: Catalog, z_min: float, z_max: float) -> None:
         parts = []
         if out.any():
             parts.append(f"{int(out.sum())} of {z.size} galaxies have z_spec outside the model's range "
-                         f"[{z_min:g}, {z_max:g}] (min {float(np.nanmin(z)):.4g}, max {float(np.nanmax(z)):.4g})")
+                         f"[{z_min:g}, {z_max:g}] (min {float(np.nanmin(z)):.4g}, max "
+                         f"{float(np.nanmax(z)):.4g})")
         if nan.any():
             parts.append(f"{int(nan.sum())} of {z.size} have no z_spec")
         _fail(f"{label}: " + "; ".join(parts) + "; cut the catalog or change the model's z range")

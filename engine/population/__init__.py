@@ -6,10 +6,11 @@ Public API
   dashboard): fit a catalog into a run directory (docs/run_format.md);
 - :class:`Run`: read a run directory (config, history, population, summary, flows);
 - building blocks: :class:`PopulationFlow` / :class:`FlowConfig` (flow.py; its splines in spline.py),
-  :class:`BoxBijection` (bounds.py), :func:`sliced_wasserstein` / :class:`SinkhornLoss` (losses.py), :class:`NoiseModel` /
-  :func:`asinh_mag` (noise.py), :func:`parse_selection` / :func:`selection_mask` (selection.py),
-  :class:`Trainer` (trainer.py), :class:`TrainConfig` / :class:`FitOptions` / :class:`FitSpec` (config.py),
-  :class:`ForwardModel` / :func:`make_forward_model` (forward.py), :class:`Objective` (objective.py).
+  :class:`BoxBijection` (bounds.py), :func:`sliced_wasserstein` / :class:`SinkhornLoss` (losses.py),
+  :class:`NoiseModel` / :func:`asinh_mag` (noise.py), :func:`parse_selection` / :func:`selection_mask`
+  (selection.py), :class:`Trainer` (trainer.py), :class:`TrainConfig` / :class:`FitOptions` /
+  :class:`FitSpec` (config.py), :class:`ForwardModel` / :func:`make_forward_model` (forward.py),
+  :class:`Objective` (objective.py).
 """
 from .api import fit, iter_fit
 from .bounds import BoxBijection
@@ -25,4 +26,5 @@ from .trainer import Trainer
 
 __all__ = ["fit", "iter_fit", "Run", "BoxBijection", "FlowConfig", "PopulationFlow", "SinkhornLoss",
            "sliced_wasserstein", "NoiseModel", "asinh_mag", "Cut", "parse_selection", "selection_mask",
-           "TrainConfig", "Trainer", "FitOptions", "FitSpec", "ForwardModel", "make_forward_model", "Objective"]
+           "TrainConfig", "Trainer", "FitOptions", "FitSpec", "ForwardModel", "make_forward_model",
+           "Objective"]

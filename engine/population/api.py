@@ -44,7 +44,8 @@ class _Interrupt:
 
             def handler(signum, frame):
                 self.requested = True
-                signal.signal(signal.SIGINT, self._old if self._old is not None else signal.default_int_handler)
+                signal.signal(signal.SIGINT,
+                              self._old if self._old is not None else signal.default_int_handler)
 
             signal.signal(signal.SIGINT, handler)
         return self
@@ -73,7 +74,8 @@ def iter_fit(catalog, out, config: TrainConfig | None = None, options: FitOption
     """
     cfg_kwargs, options, spec = split_fit_kwargs(kwargs, options, spec)
     if config is not None and cfg_kwargs:
-        raise PopsedError(f"TrainConfig fields given both in config and as keywords: {', '.join(sorted(cfg_kwargs))}")
+        raise PopsedError("TrainConfig fields given both in config and as keywords: "
+                          f"{', '.join(sorted(cfg_kwargs))}")
     tune_cpu_allocator()
     dev = resolve_device(options.device)
     RunDir.check(out, options.resume, options.overwrite)
@@ -89,8 +91,10 @@ def iter_fit(catalog, out, config: TrainConfig | None = None, options: FitOption
         if rd.resuming:
             p = resumed_problem(rd, catalog, spec, dev)
             trainer, obs = build_trainer(p, rd, dev, options.preview_every)
-        states, start = (rd.begin_resume(trainer, p.cfg.members, parallel=options.distributed) if rd.resuming else
-                         ({}, rd.begin_new(p.cfg_json, trainer, obs, p.noise, trainer.feat.names(list(p.model.bands)))))
+        states, start = (rd.begin_resume(trainer, p.cfg.members, parallel=options.distributed)
+                         if rd.resuming else
+                         ({}, rd.begin_new(p.cfg_json, trainer, obs, p.noise,
+                                           trainer.feat.names(list(p.model.bands)))))
         if not rd.resuming and p.cfg_json.get("notices"):
             start["notices"] = list(p.cfg_json["notices"])
         yield _start_event(rd, trainer, start, dev)
@@ -137,7 +141,8 @@ def _finish(rd: RunDir, trainer: Trainer, p: FitProblem, states: dict, failed: d
     """Write the results; the ``done`` event."""
     rep = rd.write_results(trainer, p.cfg, p.cfg_json, states, failed)
     done = trainer._stamp({"event": "done", "status": "complete", "converged": rep["converged"],
-                           "kept": rep["kept"], "dropped": rep["dropped"], **({"failed": sorted(failed)} if failed else {})})
+                           "kept": rep["kept"], "dropped": rep["dropped"],
+                           **({"failed": sorted(failed)} if failed else {})})
     rd.history.append(done)
     return done
 
@@ -154,7 +159,8 @@ def fit(catalog, out, config: TrainConfig | None = None, options: FitOptions | N
     cfg_kwargs, options, spec = split_fit_kwargs(kwargs, options, spec)
     bar = None
     with _Interrupt() as intr:
-        it = iter_fit(catalog, out, config, options, spec, stop_requested=lambda: intr.requested, **cfg_kwargs)
+        it = iter_fit(catalog, out, config, options, spec, stop_requested=lambda: intr.requested,
+                      **cfg_kwargs)
         try:
             for ev in it:
                 if notify is not None and ev["event"] == "start":
@@ -179,12 +185,15 @@ def _progress(bar, ev):
         bar.refresh()
     elif ev["event"] == "step" and bar is not None:
         bar.update(1)
-        post = {"m": ev["member"], "loss": f"{ev['train_loss']:.4f}" if ev["train_loss"] is not None else "nan",
+        post = {"m": ev["member"],
+                "loss": f"{ev['train_loss']:.4f}" if ev["train_loss"] is not None else "nan",
                 "noise": f"{ev['noise']:.2f}"}
         if ev.get("val_loss") is not None:
             post["val"] = f"{ev['val_loss']:.4f}"
         bar.set_postfix(post, refresh=False)
     elif ev["event"] == "member_done" and bar is not None:
-        what = "diverged" if ev["status"] == "diverged" else "finished"  # converged or not: decided at the end
-        bar.write(f"member {ev['member']} {what}, kept validation loss {ev['best_val_loss']} at step {ev['best_step']}")
+        # converged or not: decided at the end
+        what = "diverged" if ev["status"] == "diverged" else "finished"
+        bar.write(f"member {ev['member']} {what}, kept validation loss {ev['best_val_loss']} at step "
+                  f"{ev['best_step']}")
     return bar

@@ -41,10 +41,10 @@ class MagnitudeLimit:
         return f"{self.band}<{self.mag:.2f}"
 
     def notice(self) -> str:
-        return (f"no --selection given, but the catalog looks magnitude-limited in {self.band}: its counts fall "
-                f"from half their peak to {DROP:.0%} of it within {self.falloff:.2f} mag, near {self.mag:.2f}; "
-                f"the fit models no selection -- pass --selection '{self.selection}' if that is the survey's "
-                f"cut")
+        return (f"no --selection given, but the catalog looks magnitude-limited in {self.band}: its counts "
+                f"fall from half their peak to {DROP:.0%} of it within {self.falloff:.2f} mag, near "
+                f"{self.mag:.2f}; the fit models no selection -- pass --selection '{self.selection}' if that "
+                "is the survey's cut")
 
 
 def resolve_redshift(requested: str, z_spec: np.ndarray | None, z_range: tuple[float, float],
@@ -59,8 +59,8 @@ def resolve_redshift(requested: str, z_spec: np.ndarray | None, z_range: tuple[f
     if requested != "auto":
         return requested, None
     if streamed:
-        return "free", ("redshift: free (photometric redshifts; the streamed catalog's spec-z are not scanned "
-                        "beforehand) -- pass --redshift observed to fit its spec-z")
+        return "free", ("redshift: free (photometric redshifts; the streamed catalog's spec-z are not "
+                        "scanned beforehand) -- pass --redshift observed to fit its spec-z")
     if z_spec is None:
         return "free", "redshift: free (photometric redshifts: the catalog has no spec-z column)"
     zs = np.asarray(z_spec, dtype=np.float64)

@@ -17,7 +17,8 @@ def add_subparser(sub) -> None:
                                    "write the run directory RUN (docs/run_format.md).")
     p.add_argument("catalog", help="catalog file (FITS/ECSV/CSV/HDF5/Parquet)")
     p.add_argument("--out", required=True, help="run directory to create (or resume)")
-    p.add_argument("--bands", default="auto", help="auto (every band in the catalog) or B1,B2,... (speclite names)")
+    p.add_argument("--bands", default="auto",
+                   help="auto (every band in the catalog) or B1,B2,... (speclite names)")
     p.add_argument("--members", type=int, default=4, help="ensemble size K (default 4)")
     p.add_argument("--steps", type=int, default=1000, help="training steps per member (default 1000)")
     p.add_argument("--batch", type=int, default=4096, help="predicted samples per step (default 4096)")
@@ -27,41 +28,45 @@ def add_subparser(sub) -> None:
     p.add_argument("--emulator", default=None, help="emulator file (default: the packaged one)")
     add_catalog_arguments(p, bands=False, min_rows=False)
     p.add_argument("--redshift", choices=("auto", "free", "observed"), default="auto",
-                   help="observed: fit the catalog's spec-z; free: photometric redshifts; auto (default): observed "
-                        "when every row has a spec-z inside the model's redshift range, else free (the choice is "
-                        "printed)")
+                   help="observed: fit the catalog's spec-z; free: photometric redshifts; auto (default): "
+                        "observed when every row has a spec-z inside the model's redshift range, else free "
+                        "(the choice is printed)")
     p.add_argument("--selection", action="append", default=None,
-                   help="selection cut, e.g. sdss2010-r<19.8 (repeat, or comma-separate, for several); default: "
-                        "the catalog's own (written by popsed mock), else none -- a catalog that looks "
-                        "magnitude-limited gets a suggestion")
+                   help="selection cut, e.g. sdss2010-r<19.8 (repeat, or comma-separate, for several); "
+                        "default: the catalog's own (written by popsed mock), else none -- a catalog that "
+                        "looks magnitude-limited gets a suggestion")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--z-max", type=float, default=0.65, help="upper redshift bound of the SPS (default 0.65)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
-    p.add_argument("--noise-ramp", type=float, default=None, help="fraction of training over which noise ramps 0 -> 1")
+    p.add_argument("--noise-ramp", type=float, default=None,
+                   help="fraction of training over which noise ramps 0 -> 1")
     p.add_argument("--entropy", type=float, default=None,
-                   help="weight of the maximum-entropy term E_q[log q] (default 3e-3; 0: off). It prefers, among populations "
-                        "that fit equally well, the least committal one (a uniform prior over the parameter box in "
-                        "variational form). Along directions the photometry does not constrain (e.g. grey dust "
-                        "against mass with optical bands only) the population stays about as broad as the "
-                        "initial flow, with or without it")
+                   help="weight of the maximum-entropy term E_q[log q] (default 3e-3; 0: off). It prefers, "
+                        "among populations that fit equally well, the least committal one (a uniform prior "
+                        "over the parameter box in variational form). Along directions the photometry does "
+                        "not constrain (e.g. grey dust against mass with optical bands only) the population "
+                        "stays about as broad as the initial flow, with or without it")
     p.add_argument("--ema", type=float, default=None,
-                   help="decay per step of the flow-weight average that is validated and kept (default 0.98, about "
-                        "the last 50 steps; 0: off, single iterates)")
+                   help="decay per step of the flow-weight average that is validated and kept (default 0.98, "
+                        "about the last 50 steps; 0: off, single iterates)")
     p.add_argument("--best-from", type=float, default=None, metavar="FRACTION",
-                   help="keep each member's state of lowest validation loss among the steps after this fraction of "
-                        "training (default 1: the final state; 0: the best of the whole run, which can be an "
-                        "undertrained early state whose validation loss is lower only through its scatter)")
+                   help="keep each member's state of lowest validation loss among the steps after this "
+                        "fraction of training (default 1: the final state; 0: the best of the whole run, "
+                        "which can be an undertrained early state whose validation loss is lower only "
+                        "through its scatter)")
     p.add_argument("--z-weight", type=float, default=None,
-                   help="weight of the spec-z column in the loss with --redshift observed (default 3, the weight "
-                        "of the nine photometric columns together; 1: one column among ten)")
+                   help="weight of the spec-z column in the loss with --redshift observed (default 3, the "
+                        "weight of the nine photometric columns together; 1: one column among ten)")
     p.add_argument("--whiten", type=float, default=None, metavar="SHARE",
-                   help="share of the sliced-Wasserstein projections drawn in the whitened photometric space, where "
-                        "every independent colour direction weighs as much as overall brightness (default 0.5; 0: all "
-                        "in the standardised magnitudes and colours, where brightness dominates; 1: all whitened; "
-                        "used by the sliced loss and the validation loss)")
+                   help="share of the sliced-Wasserstein projections drawn in the whitened photometric "
+                        "space, where every independent colour direction weighs as much as overall "
+                        "brightness (default 0.5; 0: all in the standardised magnitudes and colours, where "
+                        "brightness dominates; 1: all whitened; used by the sliced loss and the validation "
+                        "loss)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 10)")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps (and every 30 s)")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="checkpoint every N steps (and every 30 s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,7 +74,8 @@ def add_subparser(sub) -> None:
                    help="train the members in parallel on a local dask cluster of N worker processes")
     p.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="train the members on an existing dask.distributed cluster")
-    p.add_argument("--retries", type=int, default=2, help="retries of a failed member task (with --workers/--scheduler)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="retries of a failed member task (with --workers/--scheduler)")
     p.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
                    help="stream a Parquet catalog from the file instead of reading it whole "
                         "(auto: above 2 million rows)")
@@ -87,7 +93,8 @@ def _cmd_fit(args) -> int:
     if args.resume and args.overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
     if args.workers is not None and args.scheduler:
-        raise PopsedError("--workers and --scheduler exclude each other (the scheduler's cluster has its own workers)")
+        raise PopsedError("--workers and --scheduler exclude each other (the scheduler's cluster has its own "
+                          "workers)")
     if args.workers is not None and args.workers < 1:
         raise PopsedError(f"--workers must be >= 1, got {args.workers}")
     opts = {}
@@ -105,7 +112,8 @@ def _cmd_fit(args) -> int:
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     try:
-        run = fit(args.catalog, args.out, bands=args.bands, members=args.members, steps=args.steps, batch=args.batch,
+        run = fit(args.catalog, args.out, bands=args.bands, members=args.members, steps=args.steps,
+                  batch=args.batch,
                   loss=args.loss, forward=args.forward, emulator_path=args.emulator, redshift=args.redshift,
                   selection=args.selection, device=args.device, seed=args.seed, resume=args.resume,
                   overwrite=args.overwrite, z_max=args.z_max, checkpoint_every=args.checkpoint_every,
@@ -113,7 +121,8 @@ def _cmd_fit(args) -> int:
                   retries=args.retries, stream=args.stream, read_options=_read_options(args),
                   notify=lambda notice: print(f"popsed fit: {notice}", file=sys.stderr), **opts)
     except KeyboardInterrupt:
-        print(f"popsed fit: interrupted; a checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
+        print(f"popsed fit: interrupted; a checkpoint is in {args.out}; continue with "
+              "--resume", file=sys.stderr)
         return 130
     print(complete_line(run.path, run.summary()))
     return 0
@@ -129,13 +138,14 @@ def _read_options(args) -> dict:
 
 
 def complete_line(path, s: dict) -> str:
-    """The last line of ``popsed fit``: how many members converged (never "converged" for one that did not)."""
+    """The last line of ``popsed fit``: how many members converged (never "converged" for one that did
+    not)."""
     members = s.get("members") or []
     n_conv = sum(1 for m in members if m.get("status") == "converged")
     dropped = s.get("dropped") or []
     pooled = f"; {len(dropped)} left out of the population" if dropped else ""
-    return (f"run complete: {path} ({len(members)} member{'s' if len(members) != 1 else ''}: {n_conv} converged, "
-            f"{len(members) - n_conv} not converged{pooled} — see popsed summary {path})")
+    return (f"run complete: {path} ({len(members)} member{'s' if len(members) != 1 else ''}: {n_conv} "
+            f"converged, {len(members) - n_conv} not converged{pooled} — see popsed summary {path})")
 
 
 def format_summary(s: dict, cfg: dict | None = None) -> str:

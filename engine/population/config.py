@@ -49,14 +49,16 @@ class TrainConfig:
     grad_clip: float = 10.0
     noise_ramp: float = 0.3  # fraction of training over which the noise amplitude goes 0 -> 1
     noise_shape: str = "linear"  # linear | reference (1 / (1 + 30 exp(-12 t)))
-    blur_stages: list = field(default_factory=lambda: [[0.0625, 0.3], [0.125, 0.2], [0.1875, 0.1], [0.25, 0.05]])
+    blur_stages: list = field(default_factory=lambda: [[0.0625, 0.3], [0.125, 0.2], [0.1875, 0.1],
+                                                       [0.25, 0.05]])
     blur_final: float = 0.002
     sinkhorn_scaling: float = 0.8
     val_fraction: float = 0.15
     val_every: int = 10
     val_draw_factor: float = 2.0
     colours: bool = True
-    whiten: float = 0.5  # share of the sliced (and validation) projections drawn whitened (objective.Objective.directions)
+    # share of the sliced (and validation) projections drawn whitened (objective.Objective.directions)
+    whiten: float = 0.5
     redshift: str = "auto"  # free | observed | auto (observed when every row has a usable spec-z; choices.py)
     max_draw_factor: float = 8.0
     soft_selection: bool = True
@@ -66,11 +68,14 @@ class TrainConfig:
     entropy_samples: int = 1024
     z_weight: float = 3.0  # weight of the observed-redshift column in the loss (``--redshift observed``)
     ema: float = 0.98  # decay per step of the flow-weight average used for validation and results (0: off)
-    best_from: float = 1.0  # the kept state: best validation at steps >= best_from * (steps - 1); 1: the final state
+    # the kept state: best validation at steps >= best_from * (steps - 1); 1: the final state
+    best_from: float = 1.0
     obs_cap: int = 50000
     converge_factor: float = 1.5  # members kept (pooled): validation loss <= this x the ensemble's best
-    converge_floor: float = 2.0  # converged: validation loss <= this x the noise floor (convergence.ensemble_report)
-    plateau_tol: float = 0.02  # converged: validation loss decreased by < this over the last third (convergence.plateau)
+    # converged: validation loss <= this x the noise floor (convergence.ensemble_report)
+    converge_floor: float = 2.0
+    # converged: validation loss decreased by < this over the last third (convergence.plateau)
+    plateau_tol: float = 0.02
     diverge_nonfinite: int = 25
     population_samples: int = 10000
     seed: int = 0
@@ -107,9 +112,11 @@ class TrainConfig:
             raise PopsedError(f"z_weight must be > 0, got {self.z_weight}")
         self.whiten = float(self.whiten)
         if not 0.0 <= self.whiten <= 1.0:
-            raise PopsedError(f"whiten must be in [0, 1] (the share of whitened projections), got {self.whiten}")
+            raise PopsedError("whiten must be in [0, 1] (the share of whitened projections), got "
+                              f"{self.whiten}")
         if not self.converge_floor >= 1.0:
-            raise PopsedError(f"converge_floor must be >= 1 (a multiple of the noise floor), got {self.converge_floor}")
+            raise PopsedError("converge_floor must be >= 1 (a multiple of the noise floor), got "
+                              f"{self.converge_floor}")
         if not self.plateau_tol >= 0.0:
             raise PopsedError(f"plateau_tol must be >= 0 (a relative decrease), got {self.plateau_tol}")
         if not self.converge_factor >= 1.0:
@@ -192,7 +199,8 @@ class FitSpec:
         allowed = {"columns", "flux_unit", "extinction", "format"}
         unknown = sorted(set(self.read_options or {}) - allowed)
         if unknown:
-            raise PopsedError(f"unknown catalog read option(s) {', '.join(unknown)}: use {', '.join(sorted(allowed))}")
+            raise PopsedError(f"unknown catalog read option(s) {', '.join(unknown)}: use "
+                              f"{', '.join(sorted(allowed))}")
 
 
 @dataclass
@@ -203,7 +211,8 @@ class FitOptions:
     ``checkpoint_every`` steps or ``checkpoint_seconds``; ``preview_every`` steps (dashboard preview).
     Execution: ``device``; ``workers`` (a local dask cluster of that many processes), ``scheduler``
     (``tcp://HOST:PORT``) or ``client`` (a ``distributed.Client``), ``retries`` of a failed member task;
-    ``stream`` (``auto``/``on``/``off``) and ``stream_options`` (:class:`~engine.population.stream.StreamOptions`
+    ``stream`` (``auto``/``on``/``off``) and ``stream_options``
+    (:class:`~engine.population.stream.StreamOptions`
     fields) for large Parquet catalogs; ``progress`` (a progress bar, :func:`~engine.population.fit` only).
     """
 

@@ -27,8 +27,8 @@ PLATEAU_MIN = 4
 CONVERGENCE_DEFINITION = (
     "converged: kept validation loss <= converge_floor x noise floor, and the validation loss has plateaued "
     "(over the last third of training, the median of its later half is lower than the median of its earlier "
-    "half, at least 4 validations each, by less than plateau_tol); kept (pooled into population.parquet): finite kept validation loss <= "
-    "converge_factor x the ensemble's best and no divergence")
+    "half, at least 4 validations each, by less than plateau_tol); kept (pooled into population.parquet): "
+    "finite kept validation loss <= converge_factor x the ensemble's best and no divergence")
 
 
 def plateau(history, steps: int) -> float | None:
@@ -103,7 +103,8 @@ def ensemble_report(members: list[dict], converge_factor: float, noise_floor: fl
         ``floor_ratio``; ``plateau``; ``note``: why it did not converge or is not kept), ``converged``,
         ``kept`` and ``dropped`` (members not kept) lists.
     """
-    vals = [m["best_val_loss"] for m in members if m.get("best_val_loss") is not None and m.get("status") != "diverged"]
+    vals = [m["best_val_loss"] for m in members
+            if m.get("best_val_loss") is not None and m.get("status") != "diverged"]
     vals = [v for v in vals if math.isfinite(v)]
     best = min(vals) if vals else None
     out = []

@@ -49,7 +49,8 @@ from .selection import parse_selection
 from .stream import StreamingTrainer, StreamOptions
 from .trainer import Trainer
 
-__all__ = ["build_trainer", "open_client", "run_members", "state_from_bytes", "state_to_bytes", "train_member"]
+__all__ = ["build_trainer", "open_client", "run_members", "state_from_bytes", "state_to_bytes",
+           "train_member"]
 
 
 # ---------------------------------------------------------------------------------------------- serialisation
@@ -92,7 +93,8 @@ def open_client(workers: int | None = None, scheduler: str | None = None, client
         try:
             c = distributed.Client(scheduler, timeout="20s")
         except Exception as exc:
-            raise PopsedError(f"cannot connect to the dask scheduler at {scheduler}: {type(exc).__name__}: {exc}") from None
+            raise PopsedError(f"cannot connect to the dask scheduler at {scheduler}: {type(exc).__name__}: "
+                              f"{exc}") from None
         return c, c.close, None
     if workers is None or int(workers) < 1:
         raise PopsedError(f"--workers must be >= 1, got {workers}")
@@ -277,7 +279,8 @@ class _Attempts:
             return
         prev = m.get("preview")
         if prev is not None:
-            prev = {"step": prev["step"], "mag": np.frombuffer(prev["mag"], dtype="<f8").reshape(prev["shape"])}
+            prev = {"step": prev["step"],
+                    "mag": np.frombuffer(prev["mag"], dtype="<f8").reshape(prev["shape"])}
         yield ("event", ev, prev, m.get("checkpoint"))
 
 

@@ -64,12 +64,14 @@ def run_sequential(rd: RunDir, trainer: Trainer, states: dict, previews: dict, o
 
 
 def task_spec(p: FitProblem, options: FitOptions) -> dict:
-    """The plain description of the fit a worker rebuilds its trainer from (:func:`distributed.build_trainer`)."""
+    """The plain description of the fit a worker rebuilds its trainer from
+    (:func:`distributed.build_trainer`)."""
     custom = p.custom_forward or p.forward.get("kind") == "custom"
     return {"train": p.cfg.to_dict(), "forward": p.forward, "model_bands": p.model_bands, "z_max": p.z_max,
             "forward_object": p.model if custom else None,
             "device": str(options.device), "noise": p.noise.to_dict(), "cuts": [c.to_dict() for c in p.cuts],
-            "checkpoint_every": int(options.checkpoint_every), "checkpoint_seconds": float(options.checkpoint_seconds),
+            "checkpoint_every": int(options.checkpoint_every),
+            "checkpoint_seconds": float(options.checkpoint_seconds),
             "preview_every": int(options.preview_every),
             "stream": ({"path": str(Path(p.cat.path).resolve()), "catalog_bands": list(p.cat.bands),
                         "options": p.stream.to_dict()} if p.stream is not None else None)}
@@ -96,13 +98,15 @@ def run_distributed(rd: RunDir, trainer: Trainer, spec: dict, states: dict, fail
     c, close, threads = dd.open_client(options.workers, options.scheduler, options.client)
     spec = dict(spec, torch_threads=threads)
     try:
-        for msg in dd.run_members(c, spec, _payload(trainer.obs), todo, retries=options.retries, stop_requested=stop_requested):
+        for msg in dd.run_members(c, spec, _payload(trainer.obs), todo, retries=options.retries,
+                                  stop_requested=stop_requested):
             yield from _handle(rd, trainer, msg, states, failed, previews)
     finally:
         close()
 
 
-def _handle(rd: RunDir, trainer: Trainer, msg: tuple, states: dict, failed: dict, previews: dict) -> Iterator[dict]:
+def _handle(rd: RunDir, trainer: Trainer, msg: tuple, states: dict, failed: dict,
+            previews: dict) -> Iterator[dict]:
     """Write what one message of :func:`distributed.run_members` brings; yield its event."""
     kind = msg[0]
     if kind == "event":
@@ -123,7 +127,8 @@ def _handle(rd: RunDir, trainer: Trainer, msg: tuple, states: dict, failed: dict
                         and int(e.get("step", from_step)) >= from_step)]
         rd.history.rewrite(kept)
         rd.history.open()
-        ev = trainer._stamp({"event": "member_retry", "member": k, "from_step": from_step, "attempt": attempt})
+        ev = trainer._stamp({"event": "member_retry", "member": k, "from_step": from_step,
+                             "attempt": attempt})
         rd.history.append(ev)
         yield ev
     elif kind == "result":

@@ -54,7 +54,8 @@ class FlowConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-REFERENCE_FLOW = FlowConfig(kind="reference", layers=20, hidden=100, blocks=2, bins=60, tail_bound=3.0, lu_linear=True)
+REFERENCE_FLOW = FlowConfig(kind="reference", layers=20, hidden=100, blocks=2, bins=60, tail_bound=3.0,
+                            lu_linear=True)
 
 
 class FastLULinear(transforms.LULinear):
@@ -102,10 +103,13 @@ def build_transform(dim: int, cfg: FlowConfig | None = None) -> transforms.Trans
         raise ValueError(f"unknown flow kind {cfg.kind!r} (coupling|reference)")
     layers: list[transforms.Transform] = []
     for i in range(cfg.layers):
-        # the reference configuration keeps nflows' own spline code (it is what bench/train_step.py compares to)
-        layers.append(_coupling(dim, i, cfg.hidden, cfg.blocks, cfg.bins, cfg.tail_bound, fast=cfg.kind == "coupling"))
+        # the reference configuration keeps nflows' own spline code (it is what bench/train_step.py
+        # compares to)
+        layers.append(_coupling(dim, i, cfg.hidden, cfg.blocks, cfg.bins, cfg.tail_bound,
+                                fast=cfg.kind == "coupling"))
         if cfg.lu_linear:
-            lu = FastLULinear if cfg.kind == "coupling" else transforms.LULinear  # the reference keeps nflows' own
+            # the reference keeps nflows' own
+            lu = FastLULinear if cfg.kind == "coupling" else transforms.LULinear
             layers.append(lu(dim, identity_init=True))
     return transforms.CompositeTransform(layers)
 

@@ -69,7 +69,8 @@ def make_forward_model(kind, bands, device, z_max: float = 0.65, emulator_path=N
             raise PopsedError(f"cannot load forward model {kind!r}: {exc}") from None
         return factory(bands=bands, device=device, z_max=z_max), {"kind": kind}
     if kind not in FORWARD_KINDS:
-        raise PopsedError(f"--forward must be one of {', '.join(FORWARD_KINDS)} or MODULE:FACTORY, got {kind!r}")
+        raise PopsedError(f"--forward must be one of {', '.join(FORWARD_KINDS)} or MODULE:FACTORY, got "
+                          f"{kind!r}")
     if kind in ("emulator", "auto"):
         err = None
         try:

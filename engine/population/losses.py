@@ -19,7 +19,8 @@ import torch
 LOSSES = ("sliced", "sinkhorn")
 
 
-def random_directions(dim: int, n_proj: int, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+def random_directions(dim: int, n_proj: int, generator: torch.Generator | None, device,
+                      dtype=torch.float32) -> torch.Tensor:
     """``n_proj`` unit vectors in R^dim as a (dim, n_proj) matrix."""
     d = torch.randn(dim, n_proj, generator=generator, device=device, dtype=dtype)
     return d / d.norm(dim=0, keepdim=True).clamp_min(1e-12)
@@ -100,7 +101,8 @@ def sliced_wasserstein(
     trainer uses it for the selection, see ``engine.population.trainer``).
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"point clouds must be (N, D) and (M, D) with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"point clouds must be (N, D) and (M, D) with the same D, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     if x.shape[0] == 0 or y.shape[0] == 0:
         raise ValueError("sliced_wasserstein needs non-empty point clouds")
     if directions is None:
@@ -148,7 +150,8 @@ class SinkhornLoss:
         self._cls = SamplesLoss
         self._cache: dict[float, object] = {}
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, blur: float, x_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, blur: float,
+                 x_weights: torch.Tensor | None = None) -> torch.Tensor:
         key = float(blur)
         fn = self._cache.get(key)
         if fn is None:
@@ -169,7 +172,8 @@ class BlurSchedule:
     """
 
     def __init__(self, stages: list[tuple[float, float]] | None = None, final: float = 0.002):
-        self.stages = list(stages) if stages is not None else [(0.0625, 0.3), (0.125, 0.2), (0.1875, 0.1), (0.25, 0.05)]
+        self.stages = list(stages) if stages is not None else [(0.0625, 0.3), (0.125, 0.2), (0.1875, 0.1),
+                                                               (0.25, 0.05)]
         self.final = float(final)
 
     def __call__(self, step: int, steps: int) -> float:

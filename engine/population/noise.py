@@ -88,20 +88,23 @@ class NoiseModel:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, flux: np.ndarray, flux_err: np.ndarray, bands, n_bins: int = 20, min_per_bin: int = 20) -> "NoiseModel":
+    def fit(cls, flux: np.ndarray, flux_err: np.ndarray, bands, n_bins: int = 20,
+            min_per_bin: int = 20) -> "NoiseModel":
         """Fit from catalog fluxes and errors (nanomaggies, (N, B); NaN = no measurement)."""
         flux = np.asarray(flux, dtype=np.float64)
         flux_err = np.asarray(flux_err, dtype=np.float64)
         bands = tuple(bands)
         if flux.shape != flux_err.shape or flux.ndim != 2 or flux.shape[1] != len(bands):
-            raise CatalogError(f"noise model: flux {flux.shape} and flux_err {flux_err.shape} must both be (N, {len(bands)})")
+            raise CatalogError(f"noise model: flux {flux.shape} and flux_err {flux_err.shape} must both be "
+                               f"(N, {len(bands)})")
         per_band = {}
         for j, band in enumerate(bands):
             f, e = flux[:, j], flux_err[:, j]
             ok = np.isfinite(f) & np.isfinite(e) & (e > 0)
             n = int(ok.sum())
             if n < 10:
-                raise CatalogError(f"noise model: band {band} has only {n} rows with a finite flux and a positive error (need >= 10)")
+                raise CatalogError(f"noise model: band {band} has only {n} rows with a finite flux and a "
+                                   "positive error (need >= 10)")
             f, e = f[ok], e[ok]
             b = SOFTENING_FACTOR * float(np.median(e))
             m = asinh_mag(f, b)
@@ -124,8 +127,8 @@ class NoiseModel:
         return cls(bands, per_band)
 
     @classmethod
-    def fit_stream(cls, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], bands, n_bins: int = 20,
-                   min_per_bin: int = 20) -> "NoiseModel":
+    def fit_stream(cls, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], bands,
+                   n_bins: int = 20, min_per_bin: int = 20) -> "NoiseModel":
         """:meth:`fit` from a catalog too large for memory: two streaming passes.
 
         ``chunks()`` must return a fresh iterable of ``(flux, flux_err)`` pairs ((n, B) arrays, nanomaggies,
@@ -168,8 +171,10 @@ class NoiseModel:
                 return v + [v[-1] + 1e-3 * (i + 1) for i in range(k - len(v))]
 
             x = torch.tensor([pad_x(self.per_band[b].mag) for b in self.bands], device=device, dtype=dtype)
-            med = torch.tensor([pad(self.per_band[b].log10_sigma_median) for b in self.bands], device=device, dtype=dtype)
-            sc = torch.tensor([pad(self.per_band[b].log10_sigma_scatter) for b in self.bands], device=device, dtype=dtype)
+            med = torch.tensor([pad(self.per_band[b].log10_sigma_median) for b in self.bands], device=device,
+                               dtype=dtype)
+            sc = torch.tensor([pad(self.per_band[b].log10_sigma_scatter) for b in self.bands], device=device,
+                              dtype=dtype)
             self._cache[key] = (x, med, sc, self.softening_tensor(device, dtype))
         return self._cache[key]
 
@@ -202,7 +207,8 @@ class NoiseModel:
         e2 = torch.randn(flux.shape, generator=generator, device=flux.device, dtype=flux.dtype)
         return sigma * e2
 
-    def apply(self, flux: torch.Tensor, amplitude: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def apply(self, flux: torch.Tensor, amplitude: float = 1.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
         """Noisy fluxes: ``flux + amplitude * sigma * N(0, 1)`` (no clamping).  Differentiable in ``flux``."""
         return flux + float(amplitude) * self.draw(flux, generator)
 
@@ -242,8 +248,10 @@ class NoiseModel:
             for b in bands:
                 e = d["per_band"][b]
                 nb = BandNoise(float(e["softening"]), int(e["n_rows"]), [float(v) for v in e["mag"]],
-                               [float(v) for v in e["log10_sigma_median"]], [float(v) for v in e["log10_sigma_scatter"]])
-                if not (len(nb.mag) == len(nb.log10_sigma_median) == len(nb.log10_sigma_scatter) >= 1) or nb.softening <= 0:
+                               [float(v) for v in e["log10_sigma_median"]],
+                               [float(v) for v in e["log10_sigma_scatter"]])
+                if (not (len(nb.mag) == len(nb.log10_sigma_median) == len(nb.log10_sigma_scatter) >= 1)
+                        or nb.softening <= 0):
                     raise ModelFileError(f"noise model: band {b} has inconsistent knots")
                 per[b] = nb
         except (KeyError, TypeError, ValueError) as exc:
@@ -303,7 +311,8 @@ class NoiseAccumulator:
 
     LE_LO, LE_HI, LE_STEP = -12.0, 12.0, 1e-3
 
-    def __init__(self, bands, n_bins: int = 20, min_per_bin: int = 20, m_bins: int = 2048, le_bins: int = 1024):
+    def __init__(self, bands, n_bins: int = 20, min_per_bin: int = 20, m_bins: int = 2048,
+                 le_bins: int = 1024):
         self.bands = tuple(bands)
         self.n_bins, self.min_per_bin = int(n_bins), int(min_per_bin)
         self.m_bins, self.le_bins = int(m_bins), int(le_bins)
@@ -352,7 +361,8 @@ class NoiseAccumulator:
                 m = asinh_mag(f, self.softening[j])
                 im = np.clip(((m - m_lo) / m_w).astype(np.int64), 0, self.m_bins - 1)
                 il = np.clip(((le - l_lo) / l_w).astype(np.int64), 0, self.le_bins - 1)
-                self._h2[j] += np.bincount(im * self.le_bins + il, minlength=self.m_bins * self.le_bins).reshape(
+                self._h2[j] += np.bincount(im * self.le_bins + il,
+                                           minlength=self.m_bins * self.le_bins).reshape(
                     self.m_bins, self.le_bins)
                 self._n2[j] += f.size
 
@@ -362,8 +372,8 @@ class NoiseAccumulator:
             raise RuntimeError("NoiseAccumulator.next_pass() called twice")
         for j, band in enumerate(self.bands):
             if self.n[j] < 10:
-                raise CatalogError(f"noise model: band {band} has only {int(self.n[j])} rows with a finite flux and a "
-                                   f"positive error (need >= 10)")
+                raise CatalogError(f"noise model: band {band} has only {int(self.n[j])} rows with a finite "
+                                   "flux and a positive error (need >= 10)")
         nb = len(self.bands)
         self.softening = np.empty(nb)
         self._grid = []
@@ -390,8 +400,8 @@ class NoiseAccumulator:
         for j, band in enumerate(self.bands):
             n = int(self.n[j])
             if int(self._n2[j]) != n:
-                raise CatalogError(f"noise model: pass 2 saw {int(self._n2[j])} rows of band {band}, pass 1 saw {n}; "
-                                   f"the chunks must cover the same rows twice")
+                raise CatalogError(f"noise model: pass 2 saw {int(self._n2[j])} rows of band {band}, pass 1 "
+                                   f"saw {n}; the chunks must cover the same rows twice")
             m_lo, m_w, l_lo, l_w = self._grid[j]
             h = self._h2[j].astype(np.float64)
             cm = h.sum(1)
@@ -401,7 +411,7 @@ class NoiseAccumulator:
             sizes[: n % k] += 1
             bounds = np.concatenate([[0], np.cumsum(sizes)])
             centres, med, scat = [], [], []
-            for a, b_ in zip(bounds[:-1], bounds[1:]):
+            for a, b_ in zip(bounds[:-1], bounds[1:], strict=True):
                 c = float(b_ - a)
                 centres.append(float(np.mean(_rank_values(cm, m_lo, m_w, np.array(
                     [a + math.floor((c - 1) / 2), a + math.ceil((c - 1) / 2)], dtype=np.float64)))))

@@ -45,7 +45,7 @@ class Featurizer:
     def names(self, bands) -> list[str]:
         out = [f"asinh_{b}" for b in bands]
         if self.colours:
-            out += [f"{a}-{b}" for a, b in zip(bands[:-1], bands[1:])]
+            out += [f"{a}-{b}" for a, b in zip(bands[:-1], bands[1:], strict=True)]
         if self.use_z:
             out.append("z")
         return out
@@ -82,7 +82,8 @@ class Featurizer:
     def __call__(self, flux: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         key = (str(flux.device), flux.dtype)
         if key not in self._t:
-            self._t[key] = tuple(torch.tensor(a, device=flux.device, dtype=flux.dtype) for a in (self.softening, self.mean, self.std))
+            self._t[key] = tuple(torch.tensor(a, device=flux.device, dtype=flux.dtype)
+                                 for a in (self.softening, self.mean, self.std))
         b, mu, sd = self._t[key]
         m = asinh_mag(flux, b)
         cols = [m]
@@ -122,7 +123,8 @@ Directions = Callable[[int, torch.Generator, torch.device], torch.Tensor]
 
 
 class SlicedTrainLoss:
-    """Sliced Wasserstein-p distance on ``n_proj`` fresh directions per step (:meth:`Objective.directions`)."""
+    """Sliced Wasserstein-p distance on ``n_proj`` fresh directions per step
+    (:meth:`Objective.directions`)."""
 
     def __init__(self, cfg: TrainConfig, directions: Directions):
         self.p, self.n_proj, self.directions = cfg.sliced_p, cfg.n_proj, directions
@@ -142,8 +144,8 @@ class SinkhornTrainLoss:
         return self.fn(pred, obs, blur, weights)
 
 
-#: training losses by name (``TrainConfig.loss``): ``factory(cfg, directions)`` -> ``loss(pred, obs, gen, blur,
-#: weights)``; a new loss is one entry here (and its name in ``losses.LOSSES``)
+#: training losses by name (``TrainConfig.loss``): ``factory(cfg, directions)`` -> ``loss(pred, obs, gen,
+#: blur, weights)``; a new loss is one entry here (and its name in ``losses.LOSSES``)
 TRAIN_LOSSES: dict[str, Callable[..., Callable]] = {"sliced": SlicedTrainLoss, "sinkhorn": SinkhornTrainLoss}
 
 
@@ -168,7 +170,8 @@ class Objective:
         if cfg.whiten > 0:
             w[:n_phot, :n_phot] = whitening_matrix(x_train[:, :n_phot].double().cpu().numpy())
         self.whiten = torch.tensor(w, dtype=dt, device=device)  # .to() in directions() is then a no-op
-        self.val_dirs = self.directions(cfg.val_proj, torch.Generator(device="cpu").manual_seed(int(cfg.seed) + 99991),
+        self.val_dirs = self.directions(cfg.val_proj,
+                                        torch.Generator(device="cpu").manual_seed(int(cfg.seed) + 99991),
                                         "cpu").to(device)
         self.train_loss = TRAIN_LOSSES[cfg.loss](cfg, self.directions)
 
@@ -238,7 +241,8 @@ class Objective:
             p = p * torch.special.ndtr(sign * (fj - f_cut) / width)
         return p
 
-    def pull_penalty(self, noisy_rejected: torch.Tensor, rejected_fraction: float, pull: float) -> torch.Tensor:
+    def pull_penalty(self, noisy_rejected: torch.Tensor, rejected_fraction: float,
+                     pull: float) -> torch.Tensor:
         """Selection pull: ``pull * (rejected fraction) * mean softplus-distance (mag) beyond the cuts`` of
         (a random subset of) the rejected samples, given their noisy fluxes ``noisy_rejected``.
 

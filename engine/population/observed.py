@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# through the module, not its names: a test replaces read_catalog to prove a streamed fit never reads the whole file
+# through the module, not its names: a test replaces read_catalog to prove a streamed fit never reads the
+# whole file
 import engine.catalog as catalog_io
 from engine.errors import PopsedError
 
@@ -63,8 +64,9 @@ def usable_rows(flux: np.ndarray, z_spec: np.ndarray | None, bands, cuts: list[C
     return use, counts
 
 
-def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None = None, redshift: str = "free",
-                     val_fraction: float = 0.15, seed: int = 0, z_range: tuple[float, float] | None = None) -> Observed:
+def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None = None,
+                     redshift: str = "free", val_fraction: float = 0.15, seed: int = 0,
+                     z_range: tuple[float, float] | None = None) -> Observed:
     """Choose the usable rows (complete, passing the cuts) and split them into train / validation."""
     flux = np.asarray(flux, dtype=np.float64)
     flux_err = np.asarray(flux_err, dtype=np.float64)
@@ -77,7 +79,8 @@ def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None 
     n_val = int(round(val_fraction * n_use))
     if n_use - n_val < 20 or n_val < 5:
         raise PopsedError(
-            f"only {n_use} catalog rows are usable (complete in all bands{', with spec-z' if redshift == 'observed' else ''}"
+            f"only {n_use} catalog rows are usable (complete in all bands"
+            f"{', with spec-z' if redshift == 'observed' else ''}"
             f"{', passing the selection' if cuts else ''}); need at least 25"
         )
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7]))
@@ -86,7 +89,9 @@ def prepare_observed(flux, flux_err, bands, z_spec=None, cuts: list[Cut] | None 
     split[perm[n_val:]] = "train"
     split[perm[:n_val]] = "val"
     report.update({"n_used": int(n_use), "n_train": int(n_use - n_val), "n_val": int(n_val)})
-    return Observed(tuple(bands), flux, flux_err, None if z_spec is None else np.asarray(z_spec, dtype=np.float64), split.astype(str), report)
+    return Observed(tuple(bands), flux, flux_err,
+                    None if z_spec is None else np.asarray(z_spec, dtype=np.float64), split.astype(str),
+                    report)
 
 
 def load_catalog(catalog, bands="auto", read_options: dict | None = None):
@@ -102,7 +107,8 @@ def load_catalog(catalog, bands="auto", read_options: dict | None = None):
         want = [s.strip() for s in bands.split(",")] if isinstance(bands, str) else list(bands)
         missing = [b for b in want if b not in cat.bands]
         if missing:
-            raise PopsedError(f"band(s) {', '.join(missing)} not in the catalog (it has {', '.join(cat.bands)})")
+            raise PopsedError(f"band(s) {', '.join(missing)} not in the catalog (it has "
+                              f"{', '.join(cat.bands)})")
         idx = [list(cat.bands).index(b) for b in want]
         cat = CatalogSubset(cat, want, idx)
     return cat

@@ -68,19 +68,23 @@ def resumed_problem(rd: RunDir, catalog, spec: FitSpec, dev: torch.device) -> Fi
         cat = load_catalog(cat_src, cfg_json.get("catalog_bands", cfg_json["bands"]), read_options)
     try:
         if cat.sha256 != cfg_json["catalog"]["sha256"]:
-            raise RunDirError(f"the catalog's sha256 differs from the one {rd.path} was fitted to; resume needs the same catalog")
+            raise RunDirError(f"the catalog's sha256 differs from the one {rd.path} was fitted to; resume "
+                              "needs the same catalog")
         fw = cfg_json["forward"]
         z_max = cfg_json.get("z_max", spec.z_max)
         custom = is_forward_model(spec.forward)
-        model = spec.forward if custom else make_forward_model(fw["kind"], cfg_json["bands"], dev, z_max, fw.get("file"))[0]
+        model = spec.forward if custom else make_forward_model(fw["kind"], cfg_json["bands"], dev, z_max,
+                                                               fw.get("file"))[0]
         noise = NoiseModel.load(rd.path / "noise_model.json")
         cuts = parse_selection(cfg_json["selection"])
     except BaseException as exc:
         _close_on_error(cat, exc)
-    return FitProblem(cfg, cfg_json, cat, model, fw, list(cfg_json["bands"]), z_max, noise, cuts, sopts, custom)
+    return FitProblem(cfg, cfg_json, cat, model, fw, list(cfg_json["bands"]), z_max, noise, cuts, sopts,
+                      custom)
 
 
-def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions, dev: torch.device) -> FitProblem:
+def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions,
+                dev: torch.device) -> FitProblem:
     """Read the catalog, build the forward model and fit the noise model of a new run."""
     sopts = StreamOptions.from_dict(options.stream_options) if want_stream(catalog, options.stream) else None
     if sopts is not None:
@@ -100,7 +104,8 @@ def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions, d
         else:
             model, fdesc = make_forward_model(spec.forward, model_bands, dev, spec.z_max, spec.emulator_path)
         if len(model.bands) != len(cat.bands):
-            raise PopsedError(f"forward model bands {list(model.bands)} do not match the catalog bands {list(cat.bands)}")
+            raise PopsedError(f"forward model bands {list(model.bands)} do not match the catalog bands "
+                              f"{list(cat.bands)}")
         cfg = _resolve_redshift(cfg, cat, model, sopts is not None, notices)
         noise = None if sopts is not None else NoiseModel.fit(cat.flux, cat.flux_err, tuple(model.bands))
         p = FitProblem(cfg, {}, cat, model, fdesc, model_bands, spec.z_max, noise, cuts, sopts, custom)
@@ -133,13 +138,15 @@ def _selection(selection, cat, notices: list[str]):
     return None
 
 
-def _resolve_redshift(cfg: TrainConfig, cat, model: ForwardModel, streamed: bool, notices: list[str]) -> TrainConfig:
+def _resolve_redshift(cfg: TrainConfig, cat, model: ForwardModel, streamed: bool,
+                      notices: list[str]) -> TrainConfig:
     """``cfg`` with ``redshift="auto"`` resolved against the catalog's spec-z and the model's z range."""
     if cfg.redshift != "auto":
         return cfg
     names = list(model.param_names)
     bounds = torch.as_tensor(model.bounds).detach().cpu().double()
-    z_range = (float(bounds[names.index("z"), 0]), float(bounds[names.index("z"), 1])) if "z" in names else (0.0, 0.0)
+    z_range = (float(bounds[names.index("z"), 0]),
+               float(bounds[names.index("z"), 1])) if "z" in names else (0.0, 0.0)
     mode, notice = resolve_redshift("auto", None if streamed else cat.z_spec, z_range, streamed=streamed)
     if "z" not in names:
         mode, notice = "free", None
@@ -149,7 +156,8 @@ def _resolve_redshift(cfg: TrainConfig, cat, model: ForwardModel, streamed: bool
 
 
 def _new_config_json(p: FitProblem, dev: torch.device, options: FitOptions) -> dict:
-    """``config.json`` of a new run (``observed``, ``noise_floor`` and ``features`` are added when written)."""
+    """``config.json`` of a new run (``observed``, ``noise_floor`` and ``features`` are added when
+    written)."""
     cfg, cat, model = p.cfg, p.cat, p.model
     bounds = torch.as_tensor(model.bounds).detach().cpu().double()
     zmax_eff = float(bounds[list(model.param_names).index("z"), 1]) if "z" in model.param_names else None
@@ -164,7 +172,8 @@ def _new_config_json(p: FitProblem, dev: torch.device, options: FitOptions) -> d
                     "n_rows": int(cat.n_file_rows if streaming else np.asarray(cat.flux).shape[0])},
         "bands": list(model.bands),
         "catalog_bands": list(cat.bands),
-        "forward": p.forward, "loss": cfg.loss, "members": cfg.members, "steps": cfg.steps, "batch": cfg.batch,
+        "forward": p.forward, "loss": cfg.loss, "members": cfg.members, "steps": cfg.steps,
+        "batch": cfg.batch,
         "seed": cfg.seed, "seeds": cfg.member_seeds(),
         "selection": [c.to_dict() for c in p.cuts], "redshift": cfg.redshift, "z_max": zmax_eff,
         "param_names": list(model.param_names), "bounds": bounds.tolist(),
@@ -188,7 +197,8 @@ def _map_band(band, cat_bands, model_bands):
     return band
 
 
-def build_trainer(p: FitProblem, rd: RunDir | None, dev: torch.device, preview_every: int) -> tuple[Trainer, Observed]:
+def build_trainer(p: FitProblem, rd: RunDir | None, dev: torch.device,
+                  preview_every: int) -> tuple[Trainer, Observed]:
     """The observed rows and the trainer of problem ``p`` (its cuts renamed to the model's bands, and its
     noise model fitted in the streaming pass of a new streamed fit).  ``rd``: the run being resumed, None
     for a new run (whose trainer is built, so that all its inputs are checked, before anything is written)."""

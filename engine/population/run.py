@@ -105,7 +105,8 @@ def torch_load(path, what: str = "file"):
     except FileNotFoundError:
         raise ModelFileError(f"{what} {path} does not exist") from None
     except Exception as exc:  # truncated / foreign / pickled objects
-        raise ModelFileError(f"{what} {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise ModelFileError(f"{what} {path} cannot be read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]})") from None
 
 
 def read_json(path, what: str = "file") -> dict:
@@ -140,8 +141,8 @@ class RunLock:
                     pid = self.path.read_text().strip() or "?"
                 except OSError:
                     pass
-                raise RunDirError(f"run directory {self.path.parent} is in use by another popsed process (pid {pid}); "
-                                  f"wait for it to finish or stop it first") from None
+                raise RunDirError(f"run directory {self.path.parent} is in use by another popsed process "
+                                  f"(pid {pid}); wait for it to finish or stop it first") from None
             # the file may have been unlinked by a releasing owner between open and flock: retry then
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
@@ -249,8 +250,8 @@ def check_overwritable(path) -> None:
     """Raise unless ``path`` only holds run files (so ``--overwrite`` may delete them)."""
     foreign = [p.name for p in Path(path).iterdir() if p.name not in RUN_FILES and not p.name.startswith(".")]
     if foreign:
-        raise RunDirError(f"{path} does not look like a popsed run directory (it holds {', '.join(sorted(foreign)[:5])}); "
-                          f"not overwriting")
+        raise RunDirError(f"{path} does not look like a popsed run directory (it holds "
+                          f"{', '.join(sorted(foreign)[:5])}); not overwriting")
 
 
 def clear_run_files(path) -> None:
@@ -330,15 +331,18 @@ class Run:
             if e.get("event") == "step":
                 last[e["member"]] = e
             elif e.get("event") == "member_done":
-                members[e["member"]] = {k: e.get(k) for k in ("member", "status", "best_val_loss", "best_step", "final_val_loss", "seconds")}
-                if members[e["member"]]["status"] == "converged":  # the event's value: finished, not yet judged
+                members[e["member"]] = {k: e.get(k) for k in ("member", "status", "best_val_loss",
+                                                              "best_step", "final_val_loss", "seconds")}
+                # the event's value: finished, not yet judged
+                if members[e["member"]]["status"] == "converged":
                     members[e["member"]]["status"] = "finished"
         out = []
         for k in range(int(cfg.get("members", 0))):
             if k in members:
                 out.append(members[k])
             elif k in last:
-                out.append({"member": k, "status": "running" if (self.path / "run.lock").exists() else "interrupted",
+                out.append({"member": k,
+                            "status": "running" if (self.path / "run.lock").exists() else "interrupted",
                             "step": last[k]["step"], "train_loss": last[k].get("train_loss")})
             else:
                 out.append({"member": k, "status": "pending"})

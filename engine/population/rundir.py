@@ -80,19 +80,22 @@ class RunDir:
                 where = "does not exist" if not out.exists() else "holds no popsed run (no config.json)"
                 raise RunDirError(f"nothing to resume: {out} {where}; start the fit without --resume")
             return
-        entries = [p for p in out.iterdir() if p.name != "run.lock" and not p.name.startswith(".")] if out.is_dir() else []
+        entries = ([p for p in out.iterdir() if p.name != "run.lock" and not p.name.startswith(".")]
+                   if out.is_dir() else [])
         if all(p.name in ("checkpoints", "flows") and p.is_dir() and not any(p.iterdir()) for p in entries):
             return  # empty, or the leftovers of a start that failed before writing anything
         if overwrite:
             check_overwritable(out)
         elif is_run_dir(out):
-            raise RunDirError(f"run directory {out} already exists; use --resume to continue it or --overwrite to replace it")
+            raise RunDirError(f"run directory {out} already exists; use --resume to continue it or "
+                              "--overwrite to replace it")
         elif any(p.name not in RUN_FILES for p in entries):
             names = sorted(p.name for p in entries if p.name not in RUN_FILES)
-            raise RunDirError(f"{out} is not empty and is not a popsed run directory (it holds {', '.join(names[:5])}); "
-                              f"choose another --out")
+            raise RunDirError(f"{out} is not empty and is not a popsed run directory (it holds "
+                              f"{', '.join(names[:5])}); choose another --out")
         else:
-            raise RunDirError(f"{out} holds files of a fit that never started (no config.json); use --overwrite to replace them")
+            raise RunDirError(f"{out} holds files of a fit that never started (no config.json); use "
+                              "--overwrite to replace them")
 
     @classmethod
     def open(cls, out, resume: bool = False, overwrite: bool = False) -> RunDir:
@@ -103,7 +106,8 @@ class RunDir:
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out).acquire()
         try:
-            cls.check(out, resume, overwrite, test_lock=False)  # again, now that no other writer can change it
+            # again, now that no other writer can change it
+            cls.check(out, resume, overwrite, test_lock=False)
             if not resume:
                 clear_run_files(out)
             (out / "checkpoints").mkdir(exist_ok=True)
@@ -121,8 +125,8 @@ class RunDir:
         """``config.json`` of the run being resumed (its format version checked)."""
         cfg_json = read_json(self.path / "config.json", "config")
         if cfg_json.get("format_version") != FORMAT_VERSION:
-            raise RunDirError(f"{self.path}/config.json has format_version {cfg_json.get('format_version')!r}; "
-                              f"expected {FORMAT_VERSION}")
+            raise RunDirError(f"{self.path}/config.json has format_version "
+                              f"{cfg_json.get('format_version')!r}; expected {FORMAT_VERSION}")
         return cfg_json
 
     # ------------------------------------------------------------------ members
@@ -273,7 +277,8 @@ class RunDir:
                 states[k] = trainer.load_member(torch_load(self._checkpoint(k), "checkpoint"))
         rep = ensemble_report([_member_row(k, states.get(k), failed) for k in range(cfg.members)],
                               cfg.converge_factor, trainer.noise_floor, converge_floor=cfg.converge_floor,
-                              plateau_tol=cfg.plateau_tol, histories=self.validation_histories(), steps=cfg.steps)
+                              plateau_tol=cfg.plateau_tol, histories=self.validation_histories(),
+                              steps=cfg.steps)
         for row in rep["members"]:
             if row["member"] in failed:
                 row["status"] = "failed"
@@ -290,7 +295,8 @@ class RunDir:
             summary["failed"] = sorted(failed)
             summary["notes"].append(
                 f"members {sorted(failed)} failed on the cluster and are not in population.parquet "
-                f"({'; '.join(f'{k}: {v}' for k, v in sorted(failed.items()))}); `popsed fit --resume` trains them again")
+                f"({'; '.join(f'{k}: {v}' for k, v in sorted(failed.items()))}); `popsed fit --resume` "
+                "trains them again")
         atomic_write_json(self.path / "summary.json", summary)
         return rep
 
@@ -312,7 +318,8 @@ def _member_row(k: int, ms: MemberState | None, failed: dict) -> dict:
 
 def member_done_event(ms: MemberState) -> dict:
     """The ``member_done`` event of a member whose task ended without sending one."""
-    return {"event": "member_done", "member": ms.member, "status": ms.status, "best_val_loss": _fin(ms.best_val),
+    return {"event": "member_done", "member": ms.member, "status": ms.status,
+            "best_val_loss": _fin(ms.best_val),
             "best_step": ms.best_step, "final_val_loss": _fin(ms.last_val), "seconds": round(ms.seconds, 3)}
 
 
@@ -340,8 +347,8 @@ def optical_only_note(bands) -> str | None:
     if not lam or min(lam) <= UV_EDGE_AA:
         return None
     return (f"no band bluer than {UV_EDGE_AA:.0f} A (bluest {min(lam):.0f} A): for grey dust (n_dust near 1) "
-            "these bands tell tau2 from log_mstar only by colour changes of a few hundredths of a magnitude, so "
-            "both are loosely constrained there; UV bands (e.g. GALEX FUV/NUV) constrain them")
+            "these bands tell tau2 from log_mstar only by colour changes of a few hundredths of a magnitude, "
+            "so both are loosely constrained there; UV bands (e.g. GALEX FUV/NUV) constrain them")
 
 
 def _percentiles(pop: dict, names: list) -> dict:
@@ -355,14 +362,16 @@ def _percentiles(pop: dict, names: list) -> dict:
     return pct
 
 
-def summary_dict(cfg_json: dict, rep: dict, pop: dict, trainer: Trainer, param_names: list, columns: list) -> dict:
+def summary_dict(cfg_json: dict, rep: dict, pop: dict, trainer: Trainer, param_names: list,
+                 columns: list) -> dict:
     """The contents of ``summary.json``."""
-    names = list(param_names) + [c for c in columns if c not in param_names and c not in ("member", "selected")]
+    names = list(param_names) + [c for c in columns
+                                 if c not in param_names and c not in ("member", "selected")]
     pct = _percentiles(pop, names) if pop else {}
     notes = []
     if rep["dropped"]:
-        notes.append(f"members {rep['dropped']} are not in population.parquet (diverged, or validation loss above "
-                     f"{trainer.cfg.converge_factor:g}x the ensemble's best)")
+        notes.append(f"members {rep['dropped']} are not in population.parquet (diverged, or validation loss "
+                     f"above {trainer.cfg.converge_factor:g}x the ensemble's best)")
     unconverged = [m["member"] for m in rep["members"] if m["status"] != "converged"]
     if unconverged:
         notes.append(f"members {unconverged} did not converge (see their notes): the population is not final")
@@ -381,8 +390,10 @@ def summary_dict(cfg_json: dict, rep: dict, pop: dict, trainer: Trainer, param_n
         "convergence_definition": CONVERGENCE_DEFINITION,
         "converge_floor": float(trainer.cfg.converge_floor),
         "plateau_tol": float(trainer.cfg.plateau_tol),
-        "noise_floor_definition": "sliced Wasserstein distance (fixed directions) between the validation and training rows of the catalog, in the loss's standardised space",
-        "val_loss_definition": "sliced Wasserstein distance (fixed directions) between predicted (full noise, selected) and validation rows",
+        "noise_floor_definition": "sliced Wasserstein distance (fixed directions) between the validation and "
+                                  "training rows of the catalog, in the loss's standardised space",
+        "val_loss_definition": "sliced Wasserstein distance (fixed directions) between predicted (full "
+                               "noise, selected) and validation rows",
         "n_population": int(len(pop["member"])) if pop else 0,
         "percentiles": pct,
         "observed": cfg_json.get("observed"),

@@ -25,7 +25,8 @@ class SelectionError(PopsedError):
     """A selection cut cannot be parsed or refers to an unknown band."""
 
 
-_CUT = re.compile(r"^\s*(?P<band>[A-Za-z0-9_.\-]+?)\s*(?P<op><=|>=|<|>)\s*(?P<value>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+_CUT = re.compile(r"^\s*(?P<band>[A-Za-z0-9_.\-]+?)\s*(?P<op><=|>=|<|>)\s*"
+                  r"(?P<value>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
 _OPS = ("<", "<=", ">", ">=")
 
 
@@ -68,7 +69,8 @@ def parse_selection(specs) -> list[Cut]:
             m = _CUT.match(part)
             if not m:
                 raise SelectionError(
-                    f"cannot parse selection {part.strip()!r}: expected BAND<OP>MAG with OP one of < <= > >=, e.g. sdss2010-r<19.8"
+                    f"cannot parse selection {part.strip()!r}: expected BAND<OP>MAG with OP one of < <= > "
+                    ">=, e.g. sdss2010-r<19.8"
                 )
             cuts.append(Cut(m["band"], m["op"], float(m["value"])))
     return cuts
@@ -79,7 +81,8 @@ def check_cuts(cuts: list[Cut], bands) -> None:
     bands = tuple(bands)
     for c in cuts:
         if c.band not in bands:
-            raise SelectionError(f"selection {c} uses band {c.band!r}, which is not among the fitted bands {list(bands)}")
+            raise SelectionError(f"selection {c} uses band {c.band!r}, which is not among the fitted bands "
+                                 f"{list(bands)}")
 
 
 def _compare(m, op: str, value: float):

@@ -3,8 +3,8 @@ laid out for speed on CPU.
 
 Mathematically identical to nflows' ``unconstrained_rational_quadratic_spline`` (same bin-width/height
 floors, same derivative parametrisation, same ``tails="linear"`` identity outside ``[-B, B]``; equal to
-1e-10 in float64, gradients included, in ``tests/test_flow_spline.py``), but computed with the bins on the *leading* axis,
-(K, M) instead of (M, K):
+1e-10 in float64, gradients included, in ``tests/test_flow_spline.py``), but computed with the bins on the
+*leading* axis, (K, M) instead of (M, K):
 
 - torch's softmax/cumsum over a last axis of size K ≈ 8 run one tiny row at a time on CPU; over the
   leading axis they are vectorised over M;
@@ -30,7 +30,8 @@ DEFAULT_MIN_BIN_HEIGHT = 1e-3
 DEFAULT_MIN_DERIVATIVE = 1e-3
 
 
-def _knots(unnormalised: torch.Tensor, lo: float, hi: float, min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _knots(unnormalised: torch.Tensor, lo: float, hi: float,
+           min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Knot positions (K+1, M) and bin sizes (K, M) from unnormalised sizes (K, M)."""
     k = unnormalised.shape[0]
     size = min_size + (1.0 - min_size * k) * torch.softmax(unnormalised, dim=0)

@@ -70,8 +70,8 @@ _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 def row_hash(rows: np.ndarray, seed: int, stream: int) -> np.ndarray:
     """Uniform [0, 1) numbers, a pure function of (row number, seed, stream) (splitmix64)."""
     with np.errstate(over="ignore"):
-        off = np.uint64((int(seed) * 0x9E3779B97F4A7C15 + int(stream) * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019)
-                        % (1 << 64))
+        off = np.uint64((int(seed) * 0x9E3779B97F4A7C15 + int(stream) * 0xD1B54A32D192ED03
+                         + 0x632BE59BD9B4E019) % (1 << 64))
         x = np.asarray(rows, dtype=np.int64).astype(np.uint64) + off
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -99,7 +99,8 @@ class _BottomK:
         keys = np.concatenate([p[0] for p in self.parts])
         keep = np.argsort(keys, kind="stable")[: self.cap]
         keep.sort()
-        cat = [np.concatenate([p[i] for p in self.parts]) if self.parts[0][i] is not None else None for i in range(4)]
+        cat = [np.concatenate([p[i] for p in self.parts]) if self.parts[0][i] is not None else None
+               for i in range(4)]
         self.parts = [tuple(None if a is None else a[keep] for a in cat)]
         self.size = keep.size
 
@@ -147,8 +148,8 @@ def prepare_streamed(stream, bands, cuts: list[Cut], cfg: TrainConfig, opts: Str
     if tot["n_train"] < 20 or tot["n_val"] < 5:
         raise PopsedError(
             f"{stream.label}: only {tot['n_used']} catalog rows are usable (complete in all bands"
-            f"{', with spec-z' if cfg.redshift == 'observed' else ''}{', passing the selection' if cuts else ''}); "
-            f"need at least 25")
+            f"{', with spec-z' if cfg.redshift == 'observed' else ''}"
+            f"{', passing the selection' if cuts else ''}); need at least 25")
     noise.next_pass()
     for chunk in stream.iter_chunks():
         noise.add(chunk.flux, chunk.flux_err)
@@ -172,8 +173,8 @@ class StreamingTrainer(Trainer):
     :class:`~engine.catalog.CatalogStream` (chunked as when the resident rows were drawn).
     """
 
-    def __init__(self, model, observed: Observed, noise: NoiseModel, cuts: list[Cut], cfg: TrainConfig, device,
-                 stream, options: StreamOptions, z_range: tuple[float, float] | None = None):
+    def __init__(self, model, observed: Observed, noise: NoiseModel, cuts: list[Cut], cfg: TrainConfig,
+                 device, stream, options: StreamOptions, z_range: tuple[float, float] | None = None):
         super().__init__(model, observed, noise, cuts, cfg, device)
         self.stream = stream
         self.options = options

@@ -110,7 +110,8 @@ def make_toy_catalog(n: int = 2000, seed: int = 0, sky_sigma: float = 0.3, mag_l
     if mag_limit is not None:
         j = model.bands.index(cut_band)
         with np.errstate(invalid="ignore", divide="ignore"):
-            sel = (obs[:, j] > 0) & (22.5 - 2.5 * np.log10(np.where(obs[:, j] > 0, obs[:, j], 1.0)) < mag_limit)
+            sel = (obs[:, j] > 0) & (22.5 - 2.5 * np.log10(np.where(obs[:, j] > 0, obs[:, j], 1.0))
+                                     < mag_limit)
     else:
         sel = np.ones(m_total, dtype=bool)
     idx = np.flatnonzero(sel)[:n]

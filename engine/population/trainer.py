@@ -91,7 +91,8 @@ class Trainer:
     ``derived``).  The trainer holds at most one member in memory at a time.
     """
 
-    def __init__(self, model, observed: Observed, noise: NoiseModel, cuts: list[Cut], cfg: TrainConfig, device):
+    def __init__(self, model, observed: Observed, noise: NoiseModel, cuts: list[Cut], cfg: TrainConfig,
+                 device):
         self.model = model
         self.obs = observed
         self.noise = noise.subset(model.bands) if tuple(noise.bands) != tuple(model.bands) else noise
@@ -101,7 +102,8 @@ class Trainer:
         self.device = torch.device(device)
         self.bands = tuple(model.bands)
         if tuple(observed.bands) != self.bands:
-            raise PopsedError(f"catalog bands {list(observed.bands)} differ from the forward model's {list(self.bands)}")
+            raise PopsedError(f"catalog bands {list(observed.bands)} differ from the forward model's "
+                              f"{list(self.bands)}")
         self.param_names = tuple(model.param_names)
         self.use_z = cfg.redshift == "observed"
         if self.use_z and "z" not in self.param_names:
@@ -113,10 +115,12 @@ class Trainer:
         self.feat = Featurizer.fit(observed.flux[tr], self.noise.softening, cfg.colours, z_tr, cfg.z_weight)
         dt = torch.float32
         self.x_train = torch.tensor(self.feat.numpy(observed.flux[tr], z_tr), dtype=dt, device=self.device)
-        self.x_val = torch.tensor(self.feat.numpy(observed.flux[va], observed.z_spec[va] if self.use_z else None),
+        self.x_val = torch.tensor(self.feat.numpy(observed.flux[va],
+                                                  observed.z_spec[va] if self.use_z else None),
                                   dtype=dt, device=self.device)
         self.seeds = cfg.member_seeds()
-        self.objective = Objective(cfg, self.feat, self.x_train, self.use_z, self.device, self.cuts, self.bands)
+        self.objective = Objective(cfg, self.feat, self.x_train, self.use_z, self.device, self.cuts,
+                                   self.bands)
         # the floor compares the validation rows with (at most obs_cap of) the training rows: a training step
         # never sees more than obs_cap rows either, and sorting 512 projections of a 10^6-row catalog would
         # cost gigabytes
@@ -162,7 +166,8 @@ class Trainer:
             return
         d = min(self.cfg.ema, (1.0 + ms.step) / (10.0 + ms.step))
         with torch.no_grad():
-            for avg, cur in zip(ms.ema_flow.state_dict().values(), ms.flow.state_dict().values()):
+            for avg, cur in zip(ms.ema_flow.state_dict().values(), ms.flow.state_dict().values(),
+                                strict=True):
                 if avg.is_floating_point():
                     avg.lerp_(cur, 1.0 - d)
                 else:
@@ -300,8 +305,8 @@ class Trainer:
         for g in ms.opt.param_groups:
             g["lr"] = lr
         n_draw = self._n_draw(ms)
-        feats, weights, theta, noisy, n_sel, pen = self.predict(ms.flow, ms.gen, cfg.batch, amp, n_draw, grad=True,
-                                                                pull=cfg.selection_pull)
+        feats, weights, theta, noisy, n_sel, pen = self.predict(ms.flow, ms.gen, cfg.batch, amp, n_draw,
+                                                                grad=True, pull=cfg.selection_pull)
         if self.cuts:
             ms.accept = 0.8 * ms.accept + 0.2 * (n_sel / n_draw) if i > 0 else max(n_sel / n_draw, 1e-3)
         obs = self._obs_batch(ms.gen)
@@ -337,7 +342,8 @@ class Trainer:
         sec = time.perf_counter() - t
         ms.seconds += sec
         ev = {"event": "step", "member": ms.member, "step": i, "train_loss": _finite_or_none(loss_v),
-              "val_loss": _finite_or_none(val), "noise": amp, "blur": blur, "lr": lr, "seconds": round(sec, 5),
+              "val_loss": _finite_or_none(val), "noise": amp, "blur": blur, "lr": lr,
+              "seconds": round(sec, 5),
               "n_draw": n_draw, "n_selected": n_sel}
         if cfg.entropy > 0:
             ev["entropy"] = _finite_or_none(ent_v)
@@ -385,7 +391,8 @@ class Trainer:
         theta = flow.sample(n, g)
         f = self.model.fluxes(theta)
         noisy = self.noise.apply(f, 1.0, g)
-        sel = selection_mask(noisy, self.bands, self.cuts) if self.cuts else torch.ones(n, dtype=torch.bool, device=theta.device)
+        sel = (selection_mask(noisy, self.bands, self.cuts) if self.cuts
+               else torch.ones(n, dtype=torch.bool, device=theta.device))
         der = self.model.derived(theta)
         out: dict[str, np.ndarray] = {"member": np.full(n, ms.member, dtype=np.int32)}
         th = theta.cpu().numpy().astype(np.float64)

@@ -72,8 +72,10 @@ class LineResponse:
     def __init__(self, filters: Sequence[Filter], line_wave: np.ndarray, z_max: float, device: torch.device,
                  dtype: torch.dtype):
         self.n = math.ceil(math.log1p(z_max) / LINE_RESPONSE_STEP) + 2
-        lam = np.asarray(line_wave)[None, :] * np.exp(LINE_RESPONSE_STEP * np.arange(self.n))[:, None]  # (n, K)
-        tab = np.stack([np.interp(lam, f.wave, f.response, left=0.0, right=0.0) / response_norm(f) for f in filters], -1)
+        # (n, K)
+        lam = np.asarray(line_wave)[None, :] * np.exp(LINE_RESPONSE_STEP * np.arange(self.n))[:, None]
+        tab = np.stack([np.interp(lam, f.wave, f.response, left=0.0, right=0.0) / response_norm(f)
+                        for f in filters], -1)
         self.shape = tab.shape[1:]
         self.table = torch.as_tensor(tab.reshape(self.n, -1), device=device, dtype=dtype)  # (n, K·B)
 
@@ -123,13 +125,17 @@ class NebularComponent:
         The model's dust-curve option.
     """
 
-    def __init__(self, wave: np.ndarray, dlnlam: float, age_edges: np.ndarray, win: slice, filters: Sequence[Filter],
-                 z_max: float, uv_bump: bool, device: torch.device, dtype: torch.dtype, grid: NebularGrid | None = None):
+    def __init__(self, wave: np.ndarray, dlnlam: float, age_edges: np.ndarray, win: slice,
+                 filters: Sequence[Filter], z_max: float, uv_bump: bool, device: torch.device,
+                 dtype: torch.dtype, grid: NebularGrid | None = None):
         edges = wave[0] * math.exp(-0.5 * dlnlam) * np.exp(dlnlam * np.arange(len(wave) + 1))
         self.grid = grid if grid is not None else load_nebular_grid(age_edges, edges)
         g = self.grid
         self.device, self.dtype, self.uv_bump = device, dtype, uv_bump
-        t = lambda x: torch.as_tensor(np.ascontiguousarray(x), device=device, dtype=dtype)
+
+        def t(x):
+            return torch.as_tensor(np.ascontiguousarray(x), device=device, dtype=dtype)
+
         nz, nu, na = g.lines.shape[:3]
         self.log_u_grid = t(g.log_u)
         cont = g.cont.transpose(1, 0, 2, 3).reshape(nu, nz * na, -1)  # (U, Z·A, L)
@@ -139,10 +145,12 @@ class NebularComponent:
         self.line_wave_all = t(g.line_wave)
         lo = min(f.support[0] for f in filters) / (1.0 + z_max)
         hi = max(f.support[1] for f in filters)
-        self.phot_idx = torch.as_tensor(np.nonzero((g.line_wave >= lo) & (g.line_wave <= hi))[0], device=device)
+        self.phot_idx = torch.as_tensor(np.nonzero((g.line_wave >= lo) & (g.line_wave <= hi))[0],
+                                        device=device)
         lam = g.line_wave[self.phot_idx.cpu().numpy()]
         # L☉ per M☉ → band units (1e20 erg/s/Hz): L λ / c
-        self.lines_phot = self.lines_all.index_select(2, self.phot_idx) * t(L_SUN_ERG_S * lam / C_AA_S / LNU_UNIT)
+        self.lines_phot = (self.lines_all.index_select(2, self.phot_idx)
+                           * t(L_SUN_ERG_S * lam / C_AA_S / LNU_UNIT))
         self.phot_wave = t(lam)
         self.phot_dust = DustCurves(lam, device, dtype, uv_bump=uv_bump)
         self.lyman = torch.nonzero(self.phot_wave < LYMAN_ALPHA + 1e-3).squeeze(1)
@@ -158,23 +166,28 @@ class NebularComponent:
         return w.reshape(w.shape[0], -1)
 
     def continuum(self, w_young: torch.Tensor, log_u: torch.Tensor, full: bool = False) -> torch.Tensor:
-        """Unattenuated nebular L_ν per M☉ formed [1e20 erg/s/Hz], (N, W) on the window or (N, L) on the full grid."""
+        """Unattenuated nebular L_ν per M☉ formed [1e20 erg/s/Hz], (N, W) on the window or (N, L) on the
+        full grid."""
         k, a = log_u_nodes(log_u, self.log_u_grid)
         return bracket_contract(w_young, k, a, self.cont_full if full else self.cont_win)
 
     def _line_attenuation(self, comp: dict[str, torch.Tensor], wave: torch.Tensor,
                           curves: DustCurves | None = None) -> torch.Tensor:
-        """exp(−τ_BC − τ_ISM) at the rest wavelengths ``wave`` (K,), (N, K); ``curves`` tabulated there if given."""
+        """exp(−τ_BC − τ_ISM) at the rest wavelengths ``wave`` (K,), (N, K); ``curves`` tabulated there if
+        given."""
         if curves is not None:
             tau = curves.tau_ism(comp["tau2"], comp["n_dust"]) + curves.tau_birth_cloud(comp["tau1"])
             return torch.exp(-tau)
-        tau = tau_ism_at(wave.unsqueeze(0), comp["tau2"].unsqueeze(1), comp["n_dust"].unsqueeze(1), self.uv_bump)
+        tau = tau_ism_at(wave.unsqueeze(0), comp["tau2"].unsqueeze(1), comp["n_dust"].unsqueeze(1),
+                         self.uv_bump)
         return torch.exp(-tau - comp["tau1"].unsqueeze(1) * (LAMBDA_V / wave))
 
     def line_bands(self, comp: dict[str, torch.Tensor], w_young: torch.Tensor, igm: bool) -> torch.Tensor:
-        """Band averages of the attenuated lines per M☉ formed, in the units of ``SPSModel._observe``, (N, B)."""
+        """Band averages of the attenuated lines per M☉ formed, in the units of ``SPSModel._observe``,
+        (N, B)."""
         k, a = log_u_nodes(comp["log_u"], self.log_u_grid)
-        lum = bracket_contract(w_young, k, a, self.lines_phot) * self._line_attenuation(comp, self.phot_wave, self.phot_dust)
+        lum = (bracket_contract(w_young, k, a, self.lines_phot)
+               * self._line_attenuation(comp, self.phot_wave, self.phot_dust))
         ln_zp1 = torch.log1p(comp["z"]).unsqueeze(1)
         if igm and self.lyman.numel():
             lam_obs = self.phot_wave[self.lyman] * (1.0 - _BLUEWARD) * torch.exp(ln_zp1)
@@ -206,7 +219,8 @@ class NebularComponent:
     def binned_lines(self, comp: dict[str, torch.Tensor], w_young: torch.Tensor, wave: torch.Tensor,
                      dlnlam: float) -> torch.Tensor:
         """The unattenuated lines as L_ν [1e20 erg/s/Hz per M☉ formed] spread over the log-λ bins (centres
-        ``wave``) that hold them, (N, L): a line of luminosity L in a bin of width Δ ln λ centred at λ adds L λ / (c Δ)."""
+        ``wave``) that hold them, (N, L): a line of luminosity L in a bin of width Δ ln λ centred at λ
+        adds L λ / (c Δ)."""
         k, a = log_u_nodes(comp["log_u"], self.log_u_grid)
         lum = bracket_contract(w_young, k, a, self.lines_all)  # (N, K) L☉
         x = (torch.log(self.line_wave_all) - torch.log(wave[0])) / dlnlam + 0.5

