@@ -157,7 +157,7 @@ class Dashboard(param.Parameterized):
             **L("Catalog"), options=["sample catalog", "upload"], value="sample catalog", **C("light")
         )
         self.upload = pn.widgets.FileInput(accept=",".join(CATALOG_SUFFIXES), multiple=False,
-                                           sizing_mode="stretch_width")
+                                           sizing_mode="stretch_width", css_classes=["popsed-upload"])
         self.upload.param.watch(self._on_upload, "value")
         # how to read the uploaded catalog: the options of `popsed catalog` / `popsed fit` (docs/catalogs.md)
         self.bands_input = pn.widgets.TextInput(**L("Bands"), placeholder="auto, or sdss2010-u,sdss2010-g,…",

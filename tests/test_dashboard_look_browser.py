@@ -169,7 +169,7 @@ def test_failed_fit_of_an_uploaded_catalog_shows_its_error_whole_in_the_main_pan
     columns = ["ra", "dec", "rmag", "gmag", "objid", "a_rather_long_column_name_for_the_photometric_redshift"]
     catalog = tmp_path / "my_survey.csv"
     catalog.write_text(",".join(columns) + "\n" + ",".join(["1"] * len(columns)) + "\n")
-    page.locator("input[type=file]").set_input_files(str(catalog))
+    page.locator(".popsed-upload input[type=file]").set_input_files(str(catalog))
     assert wait_until(lambda: "Uploaded" in text_of(page, ".popsed-job"), timeout=20), \
         text_of(page, ".popsed-job")
     page.locator(".popsed-start button").click()
