@@ -6,6 +6,7 @@ Screenshots go to ``test-artifacts/look_*.png``.  Skipped when /usr/bin/chromium
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -132,7 +133,8 @@ def test_training_tab_labels_the_loss_below_one_and_hides_unused_panels(page):
     # the sample run's loss is sliced, not Sinkhorn
     assert not any("blur" in t.lower() for t in visible), visible
     steps = text_of(page, ".popsed-steps-recorded")
-    assert "per member" in steps and "300 × 2" in steps, steps
+    cfg = json.loads((SAMPLE_RUN / "config.json").read_text())
+    assert "per member" in steps and f"{cfg['steps']} × {cfg['members']}" in steps, steps
     assert page.js_errors.errors == []
 
 
