@@ -153,6 +153,10 @@ class Dashboard(param.Parameterized):
                                                            **L("Overlay truth (mock runs)"))
         self.population.param.watch(self._sync_member, "member")
 
+        self._build_fit_widgets()
+
+    def _build_fit_widgets(self):
+        """The background fit: catalog (sample or upload) and how to read it, size, start / stop."""
         self.catalog_choice = pn.widgets.RadioButtonGroup(
             **L("Catalog"), options=["sample catalog", "upload"], value="sample catalog", **C("light")
         )

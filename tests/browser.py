@@ -8,6 +8,7 @@ from BokehJS itself: every plot view reports ``has_finished()``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -15,12 +16,21 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from popsed_viz.jobs import REPO_ROOT
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "free_port", "AppServer", "launch_browser", "plots_state",
            "wait_for_plots", "plot_data_signature", "JSErrorLog", "text_of"]
 
 CHROMIUM = os.environ.get("POPSED_CHROMIUM", "/usr/bin/chromium")
+#: The marks of a browser test module (``pytestmark = BROWSER_MARKS``): skipped without chromium or
+#: playwright.
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing (apt-get install chromium)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright package missing"),
+]
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -47,3 +47,14 @@ def uniform_theta(model, n: int, seed: int = 0, dtype=torch.float32) -> torch.Te
     g = torch.Generator().manual_seed(seed)
     b = model.bounds.cpu().to(dtype)
     return b[:, 0] + (b[:, 1] - b[:, 0]) * torch.rand(n, b.shape[0], generator=g, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium through playwright (``tests/browser.py``), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from browser import launch_browser
+
+    with sync_playwright() as p, launch_browser(p) as b:
+        yield b

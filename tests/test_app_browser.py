@@ -9,7 +9,6 @@ a message, and a short fit started from the app makes the loss curve grow.  Scre
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -18,13 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from browser import CHROMIUM
+from browser import BROWSER_MARKS
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing (apt-get install chromium)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright package missing"),
-]
+pytestmark = BROWSER_MARKS
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -85,16 +80,6 @@ def server(app_run, tmp_path_factory):
     srv.runs_dir = runs
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    from browser import launch_browser
-
-    with sync_playwright() as p, launch_browser(p) as b:
-        yield b
 
 
 @pytest.fixture()

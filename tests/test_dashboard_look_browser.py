@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
-from browser import CHROMIUM
+from browser import BROWSER_MARKS
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing (apt-get install chromium)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright package missing"),
-]
+pytestmark = BROWSER_MARKS
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -78,16 +73,6 @@ def server(tmp_path_factory):
     srv.start(timeout=120)
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    from browser import launch_browser
-
-    with sync_playwright() as p, launch_browser(p) as b:
-        yield b
 
 
 @pytest.fixture()

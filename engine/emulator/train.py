@@ -80,6 +80,79 @@ class TrainResult:
     val_rmse_mag: dict[str, float]
 
 
+@dataclass
+class _Split:
+    """Standardised training and validation rows (``c``: censored targets, h ≥ ``H_CLIP``)."""
+
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    c_tr: torch.Tensor
+    x_va: torch.Tensor
+    y_va: torch.Tensor
+    c_va: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, g: torch.Generator, device) -> _Split:
+    """Random train / validation rows; targets standardised by the uncensored training values."""
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=g)
+    n_val = max(1, int(round(val_fraction * n)))
+    iv, it = perm[:n_val], perm[n_val:]
+    cens_all = y >= H_CLIP
+    yt = torch.where(cens_all[it], torch.nan, y[it])
+    y_mean = torch.nan_to_num(yt.nanmean(0), nan=H_CLIP)
+    y_std = torch.nan_to_num(torch.sqrt(torch.nanmean((yt - y_mean) ** 2, 0)), nan=1.0).clamp(min=1e-3)
+    xs = x.float().to(device)
+    ys = ((y - y_mean) / y_std).float().to(device)
+    cens = cens_all.to(device)
+    return _Split(xs[it], ys[it], cens[it], xs[iv], ys[iv], cens[iv], y_mean, y_std)
+
+
+def _censored_sq(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Squared residuals; a censored target (the component is dark) only costs too-bright predictions."""
+    r = net(x) - y
+    return torch.where(c, r.clamp(max=0.0), r) ** 2
+
+
+def _val_mse(net: torch.nn.Module, d: _Split, chunk: int = 65536) -> float:
+    tot = 0.0
+    with torch.no_grad():
+        for s in range(0, d.x_va.shape[0], chunk):
+            tot += float(torch.sum(_censored_sq(net, d.x_va[s:s + chunk], d.y_va[s:s + chunk],
+                                                d.c_va[s:s + chunk])))
+    return tot / d.y_va.numel()
+
+
+def _val_rmse_mag(net: torch.nn.Module, d: _Split, chunk: int = 65536) -> float:
+    """Root-mean-square error in h [mag] over the uncensored validation values."""
+    with torch.no_grad():
+        pred = torch.cat([net(d.x_va[s:s + chunk]) for s in range(0, d.x_va.shape[0], chunk)])
+        err = ((pred - d.y_va) * d.y_std.float().to(pred.device))[~d.c_va]
+        return float(err.pow(2).mean().sqrt().cpu())
+
+
+def _train_epoch(net, opt, d: _Split, order: torch.Tensor, batch: int, lr_at: Callable[[int], float | None]
+                 ) -> tuple[float, bool]:
+    """One pass over the training rows in ``order``; ``lr_at(b)``: the learning rate of batch b, None once
+    the schedule has ended.  Returns the summed training loss and whether the schedule ended."""
+    tot = 0.0
+    for b, s in enumerate(range(0, d.x_tr.shape[0], batch)):
+        rate = lr_at(b)
+        if rate is None:
+            return tot, True
+        for pg in opt.param_groups:
+            pg["lr"] = rate
+        idx = order[s:s + batch]
+        loss = torch.mean(_censored_sq(net, d.x_tr[idx], d.y_tr[idx], d.c_tr[idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot += float(loss.detach()) * idx.numel()
+    return tot, False
+
+
 def train_network(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -95,7 +168,8 @@ def train_network(
     name: str = "network",
     log: Callable[[str], None] | None = print,
 ):
-    """Fit a :class:`SpeculatorMLP` to standardised targets with a cosine learning-rate decay.
+    """Fit a :class:`SpeculatorMLP` to standardised targets with a cosine learning-rate decay
+    (Loshchilov & Hutter 2017).
 
     The decay runs over ``epochs`` epochs, or over ``max_minutes`` of wall time when that is given,
     whichever ends first: the learning rate always reaches its floor at the end of training.  Returns
@@ -105,63 +179,27 @@ def train_network(
     device = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=g)
-    n_val = max(1, int(round(val_fraction * n)))
-    iv, it = perm[:n_val], perm[n_val:]
-    cens_all = y >= H_CLIP
-    yt = torch.where(cens_all[it], torch.nan, y[it])
-    y_mean = torch.nan_to_num(yt.nanmean(0), nan=H_CLIP)
-    y_std = torch.nan_to_num(torch.sqrt(torch.nanmean((yt - y_mean) ** 2, 0)), nan=1.0).clamp(min=1e-3)
-    xs = x.float().to(device)
-    ys = ((y - y_mean) / y_std).float().to(device)
-    cens = cens_all.to(device)
-    x_tr, y_tr, c_tr = xs[it], ys[it], cens[it]
-    x_va, y_va, c_va = xs[iv], ys[iv], cens[iv]
+    d = _split(x, y, val_fraction, g, device)
     net = SpeculatorMLP(x.shape[1], y.shape[1], tuple(hidden)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     lr_min = lr * 1e-3
     best, best_state, history = math.inf, None, []
     t0 = time.perf_counter()
-    n_tr = x_tr.shape[0]
+    n_tr = d.x_tr.shape[0]
     n_batches = math.ceil(n_tr / batch)
 
-    def progress(epoch: int, b: int) -> float:
-        by_epoch = (epoch + b / n_batches) / epochs
+    def lr_at(epoch: int, b: int) -> float | None:
+        frac = (epoch + b / n_batches) / epochs
         if max_minutes is not None:
-            return max(by_epoch, (time.perf_counter() - t0) / (60.0 * max_minutes))
-        return by_epoch
+            frac = max(frac, (time.perf_counter() - t0) / (60.0 * max_minutes))
+        return None if frac >= 1.0 else lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
-    def val_loss() -> float:
-        tot = 0.0
-        with torch.no_grad():
-            for s in range(0, x_va.shape[0], 65536):
-                r = net(x_va[s:s + 65536]) - y_va[s:s + 65536]
-                tot += float(torch.sum(torch.where(c_va[s:s + 65536], r.clamp(max=0.0), r) ** 2))
-        return tot / y_va.numel()
-
-    done = False
     for epoch in range(epochs):
         net.train()
         order = torch.randperm(n_tr, generator=g).to(device)
-        tot = 0.0
-        for b, s in enumerate(range(0, n_tr, batch)):
-            frac = progress(epoch, b)
-            if frac >= 1.0:
-                done = True
-                break
-            for pg in opt.param_groups:
-                pg["lr"] = lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * frac))
-            idx = order[s:s + batch]
-            r = net(x_tr[idx]) - y_tr[idx]
-            r = torch.where(c_tr[idx], r.clamp(max=0.0), r)  # censored: only too-bright predictions cost
-            loss = torch.mean(r**2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * idx.numel()
+        tot, done = _train_epoch(net, opt, d, order, batch, lambda b, e=epoch: lr_at(e, b))
         net.eval()
-        val = val_loss()
+        val = _val_mse(net, d)
         history.append({"network": name, "epoch": epoch, "train_mse": tot / n_tr, "val_mse": val,
                         "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
         if val < best:
@@ -174,11 +212,42 @@ def train_network(
             break
     net.load_state_dict(best_state)
     net.eval()
-    with torch.no_grad():
-        pred = torch.cat([net(x_va[s:s + 65536]) for s in range(0, x_va.shape[0], 65536)])
-        err = ((pred - y_va) * y_std.float().to(device))[~c_va]
-        rmse = float(err.pow(2).mean().sqrt().cpu())
-    return net.cpu(), y_mean, y_std, history, rmse
+    rmse = _val_rmse_mag(net, d)
+    return net.cpu(), d.y_mean, d.y_std, history, rmse
+
+
+def _sps_constants(sps) -> dict[str, torch.Tensor]:
+    """The SPS tables the emulator's exact linear layer needs (float64, CPU), and the burst SED table."""
+    constants = {
+        "age_edges_gyr": sps.age_edges_gyr,
+        "live_frac": sps.live_frac,
+        "ssp_log_ages": sps.ssp_log_ages,
+        "ssp_live": sps.ssp_live,
+        "zmet_grid": sps.zmet_grid,
+    }
+    constants = {k: v.detach().double().cpu() for k, v in constants.items()}
+    constants.update(burst_sed_table(sps))
+    return constants
+
+
+def _metadata(sps, z_max: float, cosmology: str, lam: list[float]) -> dict:
+    """What an emulator file says of the SPS it emulates."""
+    from engine import __version__
+
+    return {
+        "bands": list(sps.bands),
+        "param_names": list(sps.param_names),
+        "bounds": sps.bounds.cpu().tolist(),
+        "z_max": z_max,
+        "cosmology": cosmology,
+        "uv_bump": True,
+        "design": "exact linear SFH/metallicity/burst combination of emulated component band luminosities",
+        "h_clip": H_CLIP,
+        "lambda_eff": lam,
+        "device_trained": str(sps.device),
+        "popsed_version": __version__,
+        "torch_version": str(torch.__version__),
+    }
 
 
 def train_emulator(
@@ -205,7 +274,6 @@ def train_emulator(
     burst network); ``parallel`` (``workers``/``scheduler``/``client``/``chunk``) fans the training-set
     generation out over dask (:mod:`engine.emulator.dataset`).
     """
-    from engine import __version__
     from engine.emulator.model import resolve_cosmology
     from engine.sps import SPSModel
 
@@ -221,15 +289,7 @@ def train_emulator(
     n_b, n_z = len(sps.bands), sps.n_z
     n_basis = n_z * N_SFH_BASES * n_b
     inputs = ComponentInputs(z_max, lam, dtype=torch.float64)
-    constants = {
-        "age_edges_gyr": sps.age_edges_gyr,
-        "live_frac": sps.live_frac,
-        "ssp_log_ages": sps.ssp_log_ages,
-        "ssp_live": sps.ssp_live,
-        "zmet_grid": sps.zmet_grid,
-    }
-    constants = {k: v.detach().double().cpu() for k, v in constants.items()}
-    constants.update(burst_sed_table(sps))
+    constants = _sps_constants(sps)
     t_age = sps.cosmo.age_gyr(theta[:, IDX["z"]].to(device=sps.device, dtype=sps.dtype)).double().cpu()
     x_basis, x_burst = network_inputs(inputs, theta, t_age, z_max, constants)
     burst_hidden = tuple(burst_hidden or hidden)
@@ -252,15 +312,7 @@ def train_emulator(
     constants = {k: constants[k] for k in CONSTANTS}
     seconds = time.perf_counter() - t0
     metadata = {
-        "bands": list(sps.bands),
-        "param_names": list(sps.param_names),
-        "bounds": sps.bounds.cpu().tolist(),
-        "z_max": z_max,
-        "cosmology": cosmology,
-        "uv_bump": True,
-        "design": "exact linear SFH/metallicity/burst combination of emulated component band luminosities",
-        "h_clip": H_CLIP,
-        "lambda_eff": lam,
+        **_metadata(sps, z_max, cosmology, lam),
         "n_train": n_train,
         "seed": seed,
         "hidden": {"basis": list(hidden), "burst": list(burst_hidden)},
@@ -268,9 +320,6 @@ def train_emulator(
         "training_seconds": seconds,
         "generation_seconds": t_gen,
         "val_rmse_h_mag": rmse,
-        "device_trained": str(sps.device),
-        "popsed_version": __version__,
-        "torch_version": str(torch.__version__),
     }
     emu = Emulator(nets, norms, constants, metadata, device=device)
     return TrainResult(emulator=emu, history=history, seconds=seconds, val_rmse_mag=rmse)

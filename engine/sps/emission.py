@@ -39,7 +39,6 @@ from engine.sps.nebular import (
     load_nebular_grid,
     log_u_nodes,
 )
-from engine.sps.params import validate_theta
 from engine.sps.photometry import MPC_CM, Filter, response_norm
 from engine.sps.ssp import C_AA_S, L_SUN_ERG_S, LNU_UNIT
 
@@ -93,19 +92,6 @@ class LineResponse:
 def ionising_cut(wave: np.ndarray, dlnlam: float) -> np.ndarray:
     """Fraction of each log-λ bin (centres ``wave``) redward of the Lyman limit: 0 below, 1 above."""
     return np.clip((np.log(wave / LYMAN_LIMIT_AA)) / dlnlam + 0.5, 0.0, 1.0)
-
-
-def prepare_theta_named(theta, bounds: torch.Tensor, names: tuple[str, ...], device: torch.device,
-                        dtype: torch.dtype) -> torch.Tensor:
-    """θ as an (N, D) tensor on ``device``/``dtype`` for the D = ``len(names)`` columns, validated against
-    ``bounds``; a single θ of shape (D,) becomes (1, D)."""
-    if not isinstance(theta, torch.Tensor):
-        theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
-    if theta.ndim == 1 and theta.shape[0] == len(names):
-        theta = theta.unsqueeze(0)
-    theta = theta.to(device=device, dtype=dtype)
-    validate_theta(theta, bounds, names)
-    return theta
 
 
 class NebularComponent:

@@ -26,7 +26,7 @@ from engine.device import resolve_device
 from engine.sps import sfh as sfh_mod
 from engine.sps.cosmology import CosmologyTable
 from engine.sps.dust import DustCurves
-from engine.sps.emission import LOG_U_BOUNDS, LOG_U_NAME, NebularComponent, prepare_theta_named
+from engine.sps.emission import LOG_U_BOUNDS, LOG_U_NAME, NebularComponent
 from engine.sps.igm import IGMWindow
 from engine.sps.params import (
     DEFAULT_Z_MAX,
@@ -281,9 +281,7 @@ class SPSModel:
         validate_theta(theta, self.bounds, self.param_names)
 
     def _prep(self, theta) -> torch.Tensor:
-        if self.nebular:
-            return prepare_theta_named(theta, self.bounds, self.param_names, self.device, self.dtype)
-        return prepare_theta(theta, self.bounds, self.device, self.dtype)
+        return prepare_theta(theta, self.bounds, self.device, self.dtype, self.param_names)
 
     def _chunks(self, theta: torch.Tensor):
         for s in range(0, theta.shape[0], self.batch_size):

@@ -146,8 +146,10 @@ def validate_theta(theta: torch.Tensor, bounds: torch.Tensor, names: tuple[str, 
             )
 
 
-def prepare_theta(theta, bounds: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """θ as an (N, D) tensor on ``device``/``dtype``, validated against ``bounds``.
+def prepare_theta(theta, bounds: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                  names: tuple[str, ...] = PARAM_NAMES) -> torch.Tensor:
+    """θ as an (N, D) tensor on ``device``/``dtype``, validated against ``bounds``; D = ``len(names)``
+    (the columns of θ, by default :data:`PARAM_NAMES`).
 
     Accepts tensors, arrays and nested lists; a single θ of shape (D,) becomes (1, D).
     """
@@ -156,8 +158,8 @@ def prepare_theta(theta, bounds: torch.Tensor, device: torch.device, dtype: torc
 
     if not isinstance(theta, torch.Tensor):
         theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
-    if theta.ndim == 1 and theta.shape[0] == len(PARAM_NAMES):
+    if theta.ndim == 1 and theta.shape[0] == len(names):
         theta = theta.unsqueeze(0)
     theta = theta.to(device=device, dtype=dtype)
-    validate_theta(theta, bounds, PARAM_NAMES)
+    validate_theta(theta, bounds, names)
     return theta
