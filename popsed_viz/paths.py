@@ -4,12 +4,12 @@ A source checkout holds them at the top level (``app/``, ``sample_data/``); an
 installed wheel ships the sample data as the package ``popsed_sample_data``
 (``sample_data/`` mapped by ``[tool.setuptools.package-dir]`` in
 pyproject.toml) and the served app as ``popsed_viz/served/app``.  The sample
-data is found through :mod:`importlib.resources`, falling back to the
+data is found through the import system (:func:`importlib.util.find_spec`), falling back to the
 checkout's ``sample_data/``.
 """
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import os
 from pathlib import Path
 
@@ -31,14 +31,17 @@ SAMPLE_PACKAGE = "popsed_sample_data"
 
 
 def sample_data_dir() -> Path:
-    """The bundled sample data: the installed ``popsed_sample_data`` package, else the checkout's
-    ``sample_data/``."""
-    try:  # a namespace package: files() is a MultiplexedPath, whose children are real paths
-        run = importlib.resources.files(SAMPLE_PACKAGE).joinpath("run_sdss")
-    except (ModuleNotFoundError, TypeError):
-        run = None
-    if isinstance(run, Path) and run.is_dir():
-        return run.parent
+    """The bundled sample data: the checkout's ``sample_data/`` in a source checkout (editable installs
+    included), else the installed ``popsed_sample_data`` package."""
+    if SOURCE_CHECKOUT and (REPO_ROOT / "sample_data").is_dir():
+        return REPO_ROOT / "sample_data"
+    try:  # a namespace package (sample_data/ has no __init__.py): look in each of its real folders
+        spec = importlib.util.find_spec(SAMPLE_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(folder) / "run_sdss").is_dir():  # (an editable install also lists a finder's hook here)
+            return Path(folder)
     return REPO_ROOT / "sample_data"
 
 
