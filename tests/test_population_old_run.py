@@ -68,3 +68,25 @@ def test_old_run_resumes_to_the_numbers_of_the_code_that_wrote_it(old_run):
         col = np.asarray(pop.column(name).to_numpy(zero_copy_only=False), dtype=float)
         assert math.isclose(float(np.nanmean(col)), mean, rel_tol=1e-5, abs_tol=1e-6), name
     assert run.summary()["members"]
+
+
+def test_old_run_renders_in_the_dashboard_before_and_after_resuming(old_run):
+    """The dashboard opens the old run as it was written (interrupted) and once resumed to completion."""
+    from bokeh.document import Document
+
+    from popsed_viz.app import Dashboard
+
+    written = sum(1 for e in Run(old_run).history() if e["event"] == "step")
+    d = Dashboard(old_run, runs_dir=old_run.parent / "runs")
+    d.panel().server_doc(Document())
+    assert d.monitor.n_steps == written > 0 and d.monitor.phase != "done"
+    assert "stopped before finishing" in d.status_text
+    fit(make_toy_catalog(400, seed=11)[0], old_run, resume=True, forward=TOY)
+    d = Dashboard(old_run, runs_dir=old_run.parent / "runs")
+    doc = Document()
+    d.panel().server_doc(doc)
+    assert doc.roots
+    assert d.monitor.n_steps == 24 and d.monitor.phase == "done"
+    assert "not converged" in d.monitor.members_text
+    df, caption = d.photometry._predicted(d.photometry.member, d.photometry.source)
+    assert len(df) > 0 and "final population" in caption
