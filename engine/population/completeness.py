@@ -9,8 +9,9 @@ completeness near its limit, e.g. Rykoff et al. 2015)::
 with ``m_ref`` the histogram's turnover.  The counts ``N_i`` in bins of ``BIN_MAG`` from ``FIT_BRIGHT``
 mag brighter than the turnover to past the faintest galaxy are Poisson with mean ``mu_i`` = the integral of
 ``n`` over the bin (Simpson's rule on the bin's edges and centre), and ``(log A, alpha, m50, log w)``
-maximise ``sum_i N_i log mu_i - mu_i`` (Cash 1979).  A cut ``BAND>fit`` is fitted with the mirrored model
-(the magnitude negated).
+maximise ``sum_i N_i log mu_i - mu_i`` (Cash 1979).  A width below ``MIN_WIDTH`` (half a bin) is not
+resolved by the histogram: the fit gives ``w >= MIN_WIDTH`` (a hard cut comes back as about that).  A cut
+``BAND>fit`` is fitted with the mirrored model (the magnitude negated).
 """
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ __all__ = ["fit_completeness", "resolve_cuts"]
 BIN_MAG = 0.02
 #: The fit starts this many mag brighter than the turnover.
 FIT_BRIGHT = 1.5
+#: The narrowest width [mag] the fit returns (half a histogram bin).
+MIN_WIDTH = 0.5 * BIN_MAG
 #: Fewest rows for a fit.
 MIN_ROWS = 200
 
 
 def _nll(p: np.ndarray, edges: np.ndarray, counts: np.ndarray, m_ref: float) -> float:
     log_a, alpha, m50, log_w = p
-    w = math.exp(log_w)
+    w = MIN_WIDTH + math.exp(log_w)
     pts = np.stack([edges[:-1], 0.5 * (edges[:-1] + edges[1:]), edges[1:]])
     with np.errstate(over="ignore"):
         dens = np.exp(log_a + alpha * math.log(10.0) * (pts - m_ref)) / (1.0 + np.exp((pts - m50) / w))
@@ -62,10 +65,10 @@ def fit_completeness(mags: np.ndarray) -> tuple[float, float]:
     below = np.flatnonzero(smooth[k:] <= 0.5 * smooth[k])
     half = k + int(below[0]) if below.size else len(smooth) - 1
     m50_0 = float(edges[0] + (half - start + 0.5) * BIN_MAG)
-    x0 = np.array([math.log(max(smooth[k], 1.0) / BIN_MAG), 0.3, m50_0, math.log(0.1)])
+    x0 = np.array([math.log(max(smooth[k], 1.0) / BIN_MAG), 0.3, m50_0, math.log(0.1 - MIN_WIDTH)])
     res = minimize(_nll, x0, args=(edges, counts, m_ref), method="Nelder-Mead",
                    options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 20000, "maxfev": 20000})
-    m50, w = float(res.x[2]), float(math.exp(res.x[3]))
+    m50, w = float(res.x[2]), MIN_WIDTH + float(math.exp(res.x[3]))
     if not (np.isfinite(m50) and np.isfinite(w) and w > 0):
         raise SelectionError("the completeness fit to the catalog's magnitude histogram did not converge")
     return m50, w
