@@ -33,8 +33,17 @@ def add_subparser(sub) -> None:
                         "(the choice is printed)")
     p.add_argument("--selection", action="append", default=None,
                    help="selection cut, e.g. sdss2010-r<19.8 (repeat, or comma-separate, for several); "
-                        "default: the catalog's own (written by popsed mock), else none -- a catalog that "
-                        "looks magnitude-limited gets a suggestion")
+                        "sdss2010-r<17.77~0.1: a logistic completeness of width 0.1 mag instead of a hard "
+                        "cut (the catalog's rows are not cut by it); sdss2010-r<fit: its position and "
+                        "width fitted from the catalog's histogram (printed and recorded); default: the "
+                        "catalog's own (written by popsed mock), else none -- a catalog that looks "
+                        "magnitude-limited gets a suggestion")
+    p.add_argument("--error-floor", default=None, metavar="MAG",
+                   help="systematic error floor (mag) added in quadrature to the catalog's flux errors "
+                        "before the noise model is fitted, one value (0.02) or per band "
+                        "(sdss2010-u=0.05,sdss2010-g=0.02); default 0 (the catalog's errors as they are; "
+                        "a recommended floor depends on the catalog and the SPS and is not measured "
+                        "here)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--z-max", type=float, default=0.65, help="upper redshift bound of the SPS (default 0.65)")
@@ -115,7 +124,8 @@ def _cmd_fit(args) -> int:
         run = fit(args.catalog, args.out, bands=args.bands, members=args.members, steps=args.steps,
                   batch=args.batch,
                   loss=args.loss, forward=args.forward, emulator_path=args.emulator, redshift=args.redshift,
-                  selection=args.selection, device=args.device, seed=args.seed, resume=args.resume,
+                  selection=args.selection, error_floor=args.error_floor, device=args.device, seed=args.seed,
+                  resume=args.resume,
                   overwrite=args.overwrite, z_max=args.z_max, checkpoint_every=args.checkpoint_every,
                   progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
                   retries=args.retries, stream=args.stream, read_options=_read_options(args),
@@ -153,6 +163,9 @@ def format_summary(s: dict, cfg: dict | None = None) -> str:
     if cfg:
         lines.append(f"run: {cfg.get('catalog', {}).get('path')}  bands {','.join(cfg.get('bands', []))}  "
                      f"loss {cfg.get('loss')}  members {cfg.get('members')}  steps {cfg.get('steps')}")
+        floor = {b: v for b, v in (cfg.get("error_floor") or {}).items() if v}
+        lines.append("error floor (mag, in quadrature with the catalog's errors): "
+                     + (", ".join(f"{b} {v:g}" for b, v in floor.items()) if floor else "none"))
     lines.append(f"status: {s.get('status')}")
     if s.get("noise_floor") is not None:
         lines.append(f"noise floor (val vs train): {s['noise_floor']:.4g}")

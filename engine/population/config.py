@@ -15,6 +15,7 @@ import numpy as np
 
 from engine.errors import PopsedError
 
+from .error_floor import parse_error_floor
 from .flow import FlowConfig
 from .losses import LOSSES, BlurSchedule
 from .run import FORMAT_VERSION
@@ -184,8 +185,10 @@ class FitSpec:
     (:class:`~engine.population.forward.ForwardModel`); ``z_max``: the SPS's upper redshift bound;
     ``emulator_path``: an emulator file instead of the packaged one; ``read_options``: how to read the
     catalog file (``columns``: a column map, ``flux_unit``, ``extinction``, ``format``; the keywords of
-    :func:`engine.catalog.read_catalog`), recorded in the run so that ``--resume`` reads it the same way.
-    Without a selection, the one a catalog carries in its metadata (``popsed mock`` writes it) is used.
+    :func:`engine.catalog.read_catalog`), recorded in the run so that ``--resume`` reads it the same way;
+    ``error_floor``: a systematic error floor (mag) added to the catalog's flux errors, one value or per band
+    (:mod:`~engine.population.error_floor`; default 0).  Without a selection, the one a catalog carries in
+    its metadata (``popsed mock`` writes it) is used.
     """
 
     bands: Any = "auto"
@@ -194,8 +197,10 @@ class FitSpec:
     z_max: float = 0.65
     emulator_path: Any = None
     read_options: dict | None = None
+    error_floor: Any = 0.0
 
     def __post_init__(self):
+        parse_error_floor(self.error_floor)
         allowed = {"columns", "flux_unit", "extinction", "format"}
         unknown = sorted(set(self.read_options or {}) - allowed)
         if unknown:

@@ -22,7 +22,7 @@ import torch
 
 from .flow import PopulationFlow
 from .losses import SinkhornLoss, random_directions, sliced_wasserstein
-from .noise import asinh_mag
+from .noise import asinh_mag, pogson_mag
 from .selection import Cut
 
 if TYPE_CHECKING:  # annotations only
@@ -220,25 +220,41 @@ class Objective:
         return loss, ent_v
 
     def cut_params(self, flux: torch.Tensor, sigma: torch.Tensor, amplitude: float):
-        """Per cut: (band flux, flux at the cut, smooth width, sign) -- sign +1 for '<' (brighter passes)."""
+        """Per hard cut: (band flux, flux at the cut, smooth width, sign) -- sign +1 for '<' (brighter
+        passes)."""
         out = []
         for c in self.cuts:
+            if c.soft:
+                continue
             j = self.bands.index(c.band)
             f_cut = 10.0 ** (-0.4 * (c.value - 22.5))
             width = torch.sqrt((amplitude * sigma[:, j]) ** 2 + (self.cfg.soft_width * f_cut) ** 2)
             out.append((flux[:, j], f_cut, width, 1.0 if c.op in ("<", "<=") else -1.0))
         return out
 
-    def near_cut(self, flux, sigma, amplitude) -> torch.Tensor:
+    def near_cut(self, flux, sigma, amplitude, noisy=None) -> torch.Tensor:
+        """Rows within 3 smooth widths of a hard cut, or (``noisy``: the noisy fluxes) whose completeness
+        under a soft cut is between 0.25 % and 99.75 % (6 widths of the logistic)."""
         near = torch.zeros(flux.shape[0], dtype=torch.bool, device=flux.device)
         for fj, f_cut, width, _ in self.cut_params(flux, sigma, amplitude):
             near |= (fj - f_cut).abs() < 3.0 * width
+        for c in self.cuts:
+            if c.soft and noisy is not None:
+                m = pogson_mag(noisy[:, self.bands.index(c.band)])
+                near |= (m - c.value).abs() < 6.0 * c.width
         return near
 
-    def selection_probability(self, flux, sigma, amplitude) -> torch.Tensor:
+    def selection_probability(self, flux, sigma, amplitude, noisy=None) -> torch.Tensor:
+        """The smooth selection weight: per hard cut ``Phi((f - f_cut) / width)`` of the noise-free flux,
+        per soft cut its completeness ``C(m)`` of the noisy magnitude (``noisy``, differentiable in the
+        flux; ``flux`` when not given)."""
         p = torch.ones(flux.shape[0], device=flux.device, dtype=flux.dtype)
         for fj, f_cut, width, sign in self.cut_params(flux, sigma, amplitude):
             p = p * torch.special.ndtr(sign * (fj - f_cut) / width)
+        src = flux if noisy is None else noisy
+        for c in self.cuts:
+            if c.soft:
+                p = p * c.completeness(pogson_mag(src[:, self.bands.index(c.band)]))
         return p
 
     def pull_penalty(self, noisy_rejected: torch.Tensor, rejected_fraction: float,

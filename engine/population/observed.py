@@ -16,7 +16,7 @@ import numpy as np
 import engine.catalog as catalog_io
 from engine.errors import PopsedError
 
-from .selection import Cut, selection_mask
+from .selection import Cut, hard_cuts, selection_mask
 
 __all__ = ["CatalogSubset", "Observed", "load_catalog", "prepare_observed", "usable_rows", "want_stream"]
 
@@ -44,7 +44,8 @@ class Observed:
 def usable_rows(flux: np.ndarray, z_spec: np.ndarray | None, bands, cuts: list[Cut], redshift: str,
                 z_range: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
     """The rows a fit uses -- complete in every band, with a spec-z in ``z_range`` when the redshift is
-    observed, passing the cuts -- and the counts of those left out for each reason."""
+    observed, passing the hard cuts (a soft cut describes how the catalog was selected: its rows are not cut
+    by it) -- and the counts of those left out for each reason."""
     complete = np.all(np.isfinite(flux), axis=1)
     counts = {"n_incomplete": int((~complete).sum())}
     use = complete.copy()
@@ -58,7 +59,7 @@ def usable_rows(flux: np.ndarray, z_spec: np.ndarray | None, bands, cuts: list[C
         counts["n_no_or_bad_zspec"] = int((use & ~okz).sum())
         use &= okz
     if cuts:
-        sel = selection_mask(np.where(np.isfinite(flux), flux, np.nan), tuple(bands), cuts)
+        sel = selection_mask(np.where(np.isfinite(flux), flux, np.nan), tuple(bands), hard_cuts(cuts))
         counts["n_fail_selection"] = int((use & ~sel).sum())
         use &= sel
     return use, counts

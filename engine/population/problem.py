@@ -16,7 +16,9 @@ from engine.catalog import check_redshift, open_catalog_stream
 from engine.errors import PopsedError, RunDirError
 
 from .choices import catalog_selection, estimate_selection, resolve_redshift
+from .completeness import resolve_cuts
 from .config import FitOptions, FitSpec, TrainConfig
+from .error_floor import apply_error_floor, error_floors
 from .forward import ForwardModel, is_forward_model, make_forward_model
 from .noise import NoiseModel
 from .observed import Observed, load_catalog, prepare_observed, want_stream
@@ -45,6 +47,11 @@ class FitProblem:
     cuts: list[Cut]
     stream: StreamOptions | None = None  # set when the catalog is streamed from its Parquet file
     custom_forward: bool = False  # the forward model was given as an object
+    error_floor: dict | None = None  # mag per model band, added to the catalog's flux errors (error_floor.py)
+
+    def floors(self) -> np.ndarray:
+        """The error floor of each of the forward model's bands (mag; 0 where none)."""
+        return np.array([float((self.error_floor or {}).get(b, 0.0)) for b in self.model.bands])
 
 
 def _close_on_error(cat, exc: BaseException):
@@ -80,7 +87,7 @@ def resumed_problem(rd: RunDir, catalog, spec: FitSpec, dev: torch.device) -> Fi
     except BaseException as exc:
         _close_on_error(cat, exc)
     return FitProblem(cfg, cfg_json, cat, model, fw, list(cfg_json["bands"]), z_max, noise, cuts, sopts,
-                      custom)
+                      custom, dict(cfg_json.get("error_floor") or {}))
 
 
 def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions,
@@ -97,6 +104,7 @@ def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions,
         notices: list[str] = []
         cuts = parse_selection(_selection(spec.selection, cat, notices))
         check_cuts(cuts, cat.bands)
+        cuts = resolve_cuts(cuts, None if sopts is not None else cat.flux, cat.bands, notices)
         model_bands = list(getattr(cat, "filters", None) or cat.bands)
         custom = is_forward_model(spec.forward)
         if custom:
@@ -107,8 +115,11 @@ def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions,
             raise PopsedError(f"forward model bands {list(model.bands)} do not match the catalog bands "
                               f"{list(cat.bands)}")
         cfg = _resolve_redshift(cfg, cat, model, sopts is not None, notices)
-        noise = None if sopts is not None else NoiseModel.fit(cat.flux, cat.flux_err, tuple(model.bands))
-        p = FitProblem(cfg, {}, cat, model, fdesc, model_bands, spec.z_max, noise, cuts, sopts, custom)
+        floors = error_floors(spec.error_floor, cat.bands, model.bands)
+        noise = None if sopts is not None else NoiseModel.fit(
+            cat.flux, apply_error_floor(cat.flux, cat.flux_err, list(floors.values())), tuple(model.bands))
+        p = FitProblem(cfg, {}, cat, model, fdesc, model_bands, spec.z_max, noise, cuts, sopts, custom,
+                       floors)
         p.cfg_json = _new_config_json(p, dev, options)
         p.cfg_json["catalog"]["read_options"] = dict(spec.read_options or {})
         p.cfg_json["notices"] = notices
@@ -175,7 +186,8 @@ def _new_config_json(p: FitProblem, dev: torch.device, options: FitOptions) -> d
         "forward": p.forward, "loss": cfg.loss, "members": cfg.members, "steps": cfg.steps,
         "batch": cfg.batch,
         "seed": cfg.seed, "seeds": cfg.member_seeds(),
-        "selection": [c.to_dict() for c in p.cuts], "redshift": cfg.redshift, "z_max": zmax_eff,
+        "selection": [c.to_dict() for c in p.cuts], "error_floor": dict(p.error_floor or {}),
+        "redshift": cfg.redshift, "z_max": zmax_eff,
         "param_names": list(model.param_names), "bounds": bounds.tolist(),
         "derived_names": list(getattr(model, "derived_names", ())),
         "device": str(dev), "versions": versions(), "train": cfg.to_dict(),
@@ -204,12 +216,12 @@ def build_trainer(p: FitProblem, rd: RunDir | None, dev: torch.device,
     for a new run (whose trainer is built, so that all its inputs are checked, before anything is written)."""
     model, cfg = p.model, p.cfg
     bands = tuple(model.bands)
-    p.cuts = [type(c)(_map_band(c.band, p.cat.bands, bands), c.op, c.value) for c in p.cuts]
+    p.cuts = [replace(c, band=_map_band(c.band, p.cat.bands, bands)) for c in p.cuts]
     if p.stream is not None:
         if rd is not None and rd.resuming:
             obs = rd.read_observed(bands, p.cfg_json)
         else:
-            obs, p.noise = prepare_streamed(p.cat, bands, p.cuts, cfg, p.stream)
+            obs, p.noise = prepare_streamed(p.cat, bands, p.cuts, cfg, p.stream, floors=p.floors())
         trainer = StreamingTrainer(model, obs, p.noise, p.cuts, cfg, dev, p.cat, p.stream)
     else:
         obs = prepare_observed(p.cat.flux, p.cat.flux_err, bands, p.cat.z_spec, p.cuts, cfg.redshift,

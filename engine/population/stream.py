@@ -38,6 +38,7 @@ import torch
 from engine.errors import PopsedError
 
 from .config import TrainConfig
+from .error_floor import apply_error_floor
 from .noise import NoiseAccumulator, NoiseModel
 from .observed import Observed, usable_rows
 from .selection import Cut
@@ -114,8 +115,10 @@ class _BottomK:
 
 
 def prepare_streamed(stream, bands, cuts: list[Cut], cfg: TrainConfig, opts: StreamOptions,
-                     z_range: tuple[float, float] | None = None) -> tuple[Observed, NoiseModel]:
-    """Validate the streamed catalog, fit the noise model (two passes) and draw the resident rows.
+                     z_range: tuple[float, float] | None = None,
+                     floors: np.ndarray | None = None) -> tuple[Observed, NoiseModel]:
+    """Validate the streamed catalog, fit the noise model (two passes; the flux errors with the error
+    ``floors``, mag per band, :mod:`.error_floor`) and draw the resident rows.
 
     Returns the resident :class:`~engine.population.observed.Observed` (``split`` train/val, its ``report``
     counting the *whole* catalog) and the :class:`~engine.population.noise.NoiseModel`.
@@ -130,7 +133,8 @@ def prepare_streamed(stream, bands, cuts: list[Cut], cfg: TrainConfig, opts: Str
         tot["n_fail_selection"] = 0
 
     def consume(chunk) -> None:
-        noise.add(chunk.flux, chunk.flux_err)
+        noise.add(chunk.flux, chunk.flux_err if floors is None
+                  else apply_error_floor(chunk.flux, chunk.flux_err, floors))
         use, counts = usable_rows(chunk.flux, chunk.z_spec, bands, cuts, cfg.redshift, z_range)
         for k, v in counts.items():
             tot[k] += v
@@ -152,7 +156,8 @@ def prepare_streamed(stream, bands, cuts: list[Cut], cfg: TrainConfig, opts: Str
             f"{', passing the selection' if cuts else ''}); need at least 25")
     noise.next_pass()
     for chunk in stream.iter_chunks():
-        noise.add(chunk.flux, chunk.flux_err)
+        noise.add(chunk.flux, chunk.flux_err if floors is None
+                  else apply_error_floor(chunk.flux, chunk.flux_err, floors))
     nm = noise.result()
     ft, et, zt = tr.arrays()
     fv, ev, zv = va.arrays()

@@ -232,12 +232,13 @@ class Trainer:
                 f0 = self.model.fluxes(theta)
                 sigma = self.noise.draw_sigma(f0, gen)
                 delta = sigma * torch.randn(f0.shape, generator=gen, device=f0.device, dtype=f0.dtype)
-                mask = selection_mask(f0 + amplitude * delta, self.bands, self.cuts)
+                mask = selection_mask(f0 + amplitude * delta, self.bands, self.cuts, gen)
                 pos = torch.nonzero(mask).squeeze(1)
                 n_sel = int(pos.numel())
                 cutoff = int(pos[n - 1]) + 1 if n_sel >= n else n_draw
                 if grad and self.cfg.soft_selection:
-                    near = self.objective.near_cut(f0[:cutoff], sigma[:cutoff], amplitude) & ~mask[:cutoff]
+                    near = self.objective.near_cut(f0[:cutoff], sigma[:cutoff], amplitude,
+                                                   f0[:cutoff] + amplitude * delta[:cutoff]) & ~mask[:cutoff]
                     idx = torch.nonzero(mask[:cutoff] | near).squeeze(1)
                 else:
                     idx = pos[:n]
@@ -245,7 +246,8 @@ class Trainer:
                 theta = flow.push(x_base[idx])
                 f = self.model.fluxes(theta)
                 if self.cfg.soft_selection:
-                    sp = self.objective.selection_probability(f, sigma[idx], amplitude)
+                    sp = self.objective.selection_probability(f, sigma[idx], amplitude,
+                                                              f + amplitude * delta[idx])
                     weights = mask[idx].to(f.dtype) + (sp - sp.detach())
                 if pull > 0 and n_sel < n_draw:
                     penalty = self._pull_penalty(flow, x_base, delta, mask, amplitude, gen, n, pull)
@@ -391,7 +393,7 @@ class Trainer:
         theta = flow.sample(n, g)
         f = self.model.fluxes(theta)
         noisy = self.noise.apply(f, 1.0, g)
-        sel = (selection_mask(noisy, self.bands, self.cuts) if self.cuts
+        sel = (selection_mask(noisy, self.bands, self.cuts, g) if self.cuts
                else torch.ones(n, dtype=torch.bool, device=theta.device))
         der = self.model.derived(theta)
         out: dict[str, np.ndarray] = {"member": np.full(n, ms.member, dtype=np.int32)}
