@@ -246,3 +246,16 @@ def text_of(page, css: str) -> str:
         "e => { const root = e.shadowRoot || e;"
         " return Array.from(root.children).filter(c => !['STYLE', 'LINK', 'SCRIPT'].includes(c.tagName))"
         ".map(c => c.innerText || c.textContent || '').join(' ').trim(); }")
+
+
+def wait_until(fn, timeout: float = 30.0, every: float = 0.2):
+    """Poll ``fn()`` until it returns something truthy (returned) or ``timeout`` seconds pass (its last
+    value is returned)."""
+    deadline = time.time() + timeout
+    value = None
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    return value

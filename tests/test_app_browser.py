@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import BROWSER_MARKS
+from browser import BROWSER_MARKS, wait_until
 
 pytestmark = BROWSER_MARKS
 
@@ -105,17 +105,6 @@ def show_tab(page, name, titles=None, absent=None, n=1):
 
     page.locator(".bk-tab").filter(has_text=name).click()
     return wait_for_plots(page, n, timeout=60, titles=titles, absent=absent)
-
-
-def wait_until(fn, timeout=30.0, every=0.2):
-    deadline = time.time() + timeout
-    value = None
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    return value
 
 
 def drag_upper_z_handle(page, dx):

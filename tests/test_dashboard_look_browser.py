@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from browser import BROWSER_MARKS
+from browser import BROWSER_MARKS, wait_until
 
 pytestmark = BROWSER_MARKS
 
@@ -89,17 +88,6 @@ def page(browser, server):
 
 def look(page, title):
     return page.evaluate(PLOT_LOOK_JS, title)
-
-
-def wait_until(fn, timeout=30.0, every=0.2):
-    deadline = time.time() + timeout
-    value = None
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    return value
 
 
 def test_training_tab_labels_the_loss_below_one_and_hides_unused_panels(page):
