@@ -143,3 +143,12 @@ def test_fit_catalog_option_errors_are_one_line(tmp_path, bad):
     res = popsed("fit", SAMPLE, "--out", tmp_path / "run", bad, value, "--members", 1, "--steps", 2)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_forward_model_says_why_it_fell_back_to_the_sps():
+    from engine.population.forward import make_forward_model
+
+    _, desc = make_forward_model("auto", ["sdss2010-r", "twomass-J"], "cpu")
+    assert desc["kind"] == "sps" and "twomass-J" in desc["fallback"]
+    _, desc = make_forward_model("auto", ["sdss2010-g", "sdss2010-r"], "cpu")
+    assert desc["kind"] == "emulator" and "fallback" not in desc

@@ -87,4 +87,7 @@ def make_forward_model(kind, bands, device, z_max: float = 0.65, emulator_path=N
         model = SPSModel(bands, device=device, z_max=z_max)
     except ValueError as exc:
         raise PopsedError(f"--forward sps: {exc}") from None
-    return model, {"kind": "sps", "file": None, "z_max": float(z_max)}
+    desc = {"kind": "sps", "file": None, "z_max": float(z_max)}
+    if kind == "auto":  # say why: the direct SPS is about ten times slower than an emulator
+        desc["fallback"] = str(err)
+    return model, desc

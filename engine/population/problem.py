@@ -114,6 +114,10 @@ def new_problem(catalog, cfg: TrainConfig, spec: FitSpec, options: FitOptions,
         if len(model.bands) != len(cat.bands):
             raise PopsedError(f"forward model bands {list(model.bands)} do not match the catalog bands "
                               f"{list(cat.bands)}")
+        if fdesc.get("fallback"):
+            notices.append(f"forward model: the direct SPS, as no emulator covers these bands "
+                           f"({fdesc['fallback']}); train one with `popsed emulator train` for ~10x "
+                           f"faster fits")
         cfg = _resolve_redshift(cfg, cat, model, sopts is not None, notices)
         floors = error_floors(spec.error_floor, cat.bands, model.bands)
         noise = None if sopts is not None else NoiseModel.fit(
