@@ -34,8 +34,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +47,8 @@ from engine.sps.ssp import (
     LNU_UNIT,
     _bin_average_spectra,
     cache_dir,
+    read_npz_cache,
+    write_npz_cache,
 )
 
 LINE_FILE = "bc03_miles_nebular_line_grids_extended_logU_nograins_cloudy25.fits"
@@ -203,24 +203,14 @@ def load_nebular_grid(age_edges: np.ndarray, wave_edges: np.ndarray, use_cache: 
     """
     folder = grids_dir()
     cfile = cache_dir() / f"nebular_cloudy_{_cache_key(folder, age_edges, wave_edges)}.npz"
-    if use_cache and cfile.is_file():
-        try:
-            with np.load(cfile, allow_pickle=False) as d:
-                return NebularGrid(**{k: d[k] for k in _ARRAY_FIELDS},
-                                   line_names=tuple(str(s) for s in d["line_names"]))
-        except Exception:  # corrupt cache: rebuild
-            pass
+    d = read_npz_cache(cfile) if use_cache else None
+    if d is not None:
+        return NebularGrid(**{k: d[k] for k in _ARRAY_FIELDS},
+                           line_names=tuple(str(s) for s in d["line_names"]))
     grid = build_nebular_grid(folder, age_edges, wave_edges)
     if use_cache:
-        try:
-            cfile.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cfile.parent, suffix=".npz.tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, line_names=np.array(grid.line_names),
-                         **{k: getattr(grid, k) for k in _ARRAY_FIELDS})
-            os.replace(tmp, cfile)
-        except OSError:
-            pass  # a read-only cache dir is not an error
+        write_npz_cache(cfile, {"line_names": np.array(grid.line_names),
+                                **{k: getattr(grid, k) for k in _ARRAY_FIELDS}})
     return grid
 
 

@@ -122,6 +122,29 @@ def cache_dir() -> Path:
         return Path.home() / ".cache" / "popsed"
 
 
+def read_npz_cache(cfile: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file, or None when it is missing or unreadable (then it is rebuilt)."""
+    if not cfile.is_file():
+        return None
+    try:
+        with np.load(cfile, allow_pickle=False) as d:
+            return {k: d[k] for k in d.files}
+    except Exception:  # corrupt cache: rebuild
+        return None
+
+
+def write_npz_cache(cfile: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a cache file atomically (temp file + rename); a read-only cache directory is not an error."""
+    try:
+        cfile.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cfile.parent, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, cfile)
+    except OSError:
+        pass
+
+
 def default_age_edges() -> np.ndarray:
     """Age-bin edges [yr]: 0, 10^6.0, 10^6.1, …, 10^10.1, 10^10.15."""
     logs = np.round(np.arange(6.0, 10.1 + 1e-9, 0.1), 2)
@@ -236,22 +259,12 @@ def load_ssp_grid(lam_min: float = 100.0, lam_max: float = 5.0e4, dlnlam: float 
     age_edges = default_age_edges()
     key = _cache_key(path, wave_edges, age_edges)
     cfile = cache_dir() / f"ssp_bc03_miles_{key}.npz"
-    if use_cache and cfile.is_file():
-        try:
-            with np.load(cfile, allow_pickle=False) as d:
-                return SSPGrid(**{k: d[k] for k in _ARRAY_FIELDS}, dlnlam=float(d["dlnlam"]),
-                               n_young=int(d["n_young"]))
-        except Exception:  # corrupt cache: rebuild
-            pass
+    d = read_npz_cache(cfile) if use_cache else None
+    if d is not None:
+        return SSPGrid(**{k: d[k] for k in _ARRAY_FIELDS}, dlnlam=float(d["dlnlam"]),
+                       n_young=int(d["n_young"]))
     grid = build_ssp_grid(path, wave_edges, age_edges)
     if use_cache:
-        try:
-            cfile.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cfile.parent, suffix=".npz.tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, dlnlam=grid.dlnlam, n_young=grid.n_young,
-                         **{k: getattr(grid, k) for k in _ARRAY_FIELDS})
-            os.replace(tmp, cfile)
-        except OSError:
-            pass  # a read-only cache dir is not an error
+        write_npz_cache(cfile, {"dlnlam": grid.dlnlam, "n_young": grid.n_young,
+                                **{k: getattr(grid, k) for k in _ARRAY_FIELDS}})
     return grid
