@@ -247,29 +247,32 @@ class Dashboard(param.Parameterized):
                 f"Unsupported catalog file `{name}` (use one of {', '.join(CATALOG_SUFFIXES)}).", "danger"
             )
             return
-        dest = self.runs_dir / "uploads" / name
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".part")
-            tmp.write_bytes(event.new)
-            os.replace(tmp, dest)
-        except OSError as exc:
-            self._job_say(f"Could not save the upload: {exc}", "danger")
+        dest = self._save_upload(name, event.new, "the upload")
+        if dest is None:
             return
         self._upload_path = dest
         self.catalog_choice.value = "upload"
         self._job_say(f"Uploaded `{name}` ({len(event.new) / 1024:.0f} kB). Press *Start fit*.", "info")
 
+    def _save_upload(self, name: str, data: bytes, what: str) -> Path | None:
+        """Write an uploaded file to ``RUNS/uploads/name`` atomically; None (and a message) on failure."""
+        dest = self.runs_dir / "uploads" / name
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            self._job_say(f"Could not save {what}: {exc}", "danger")
+            return None
+        return dest
+
     def _on_colmap(self, event):
         if not event.new:
             return
         name = safe_filename(self.colmap_upload.filename)
-        dest = self.runs_dir / "uploads" / name
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(event.new)
-        except OSError as exc:
-            self._job_say(f"Could not save the column map: {exc}", "danger")
+        dest = self._save_upload(name, event.new, "the column map")
+        if dest is None:
             return
         self._colmap_path = dest
         self._job_say(f"Column map `{name}` will be used for the uploaded catalog.", "info")
