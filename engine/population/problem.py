@@ -153,20 +153,25 @@ def _selection(selection, cat, notices: list[str]):
     return None
 
 
+def _z_range(model: ForwardModel) -> tuple[float, float] | None:
+    """The forward model's redshift range, None when z is not one of its parameters."""
+    names = list(model.param_names)
+    if "z" not in names:
+        return None
+    row = torch.as_tensor(model.bounds).detach().cpu().double()[names.index("z")]
+    return float(row[0]), float(row[1])
+
+
 def _resolve_redshift(cfg: TrainConfig, cat, model: ForwardModel, streamed: bool,
                       notices: list[str]) -> TrainConfig:
     """``cfg`` with ``redshift="auto"`` resolved against the catalog's spec-z and the model's z range."""
     if cfg.redshift != "auto":
         return cfg
-    names = list(model.param_names)
-    bounds = torch.as_tensor(model.bounds).detach().cpu().double()
-    z_range = (float(bounds[names.index("z"), 0]),
-               float(bounds[names.index("z"), 1])) if "z" in names else (0.0, 0.0)
+    z_range = _z_range(model)
+    if z_range is None:
+        return replace(cfg, redshift="free")
     mode, notice = resolve_redshift("auto", None if streamed else cat.z_spec, z_range, streamed=streamed)
-    if "z" not in names:
-        mode, notice = "free", None
-    if notice:
-        notices.append(notice)
+    notices.append(notice)
     return replace(cfg, redshift=mode)
 
 
@@ -175,7 +180,8 @@ def _new_config_json(p: FitProblem, dev: torch.device, options: FitOptions) -> d
     written)."""
     cfg, cat, model = p.cfg, p.cat, p.model
     bounds = torch.as_tensor(model.bounds).detach().cpu().double()
-    zmax_eff = float(bounds[list(model.param_names).index("z"), 1]) if "z" in model.param_names else None
+    z_range = _z_range(model)
+    zmax_eff = None if z_range is None else z_range[1]
     if cfg.redshift == "observed" and hasattr(cat, "measured"):
         check_redshift(cat, float(bounds[0, 0]), zmax_eff)
     streaming = p.stream is not None
